@@ -1,0 +1,1 @@
+"""Sparse MERIT: noise-robust speech emotion recognition and speech enhancement."""

@@ -1,0 +1,175 @@
+"""Audio reading and writing: the one place where waveforms enter and leave the package.
+
+Everything that touches audio (datasets, noise banks, inference, the app) goes through these
+functions so that mono mix-down, resampling and the checks for broken input behave the same way
+everywhere. ``soundfile`` does the I/O because torchaudio 2.9+ has no audio backends and
+``datasets`` cannot decode audio without torchcodec/FFmpeg.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioError",
+    "audio_info",
+    "load_audio",
+    "prepare_waveform",
+    "write_audio",
+]
+
+#: File suffixes treated as audio when scanning folders (all readable by libsndfile >= 1.1).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+
+#: What :func:`load_audio` accepts: a path, raw encoded bytes, or a ``datasets`` audio entry
+#: (``{"path", "bytes"}`` undecoded, or ``{"array", "sampling_rate"}`` decoded).
+AudioSource = str | os.PathLike | bytes | Mapping[str, Any]
+
+
+class AudioError(ValueError):
+    """Unreadable, corrupt, empty or non-finite audio; the message names the file."""
+
+
+def _describe(source: Any) -> str:
+    """Return a human-readable name for an audio source, for error messages."""
+    if isinstance(source, Mapping):
+        return str(source.get("path") or "<audio bytes>")
+    if isinstance(source, (bytes, bytearray)):
+        return "<audio bytes>"
+    return str(source)
+
+
+def _open_target(source: AudioSource) -> tuple[Any, str]:
+    """Resolve a source to something ``soundfile`` can open, plus its name for messages."""
+    name = _describe(source)
+    if isinstance(source, Mapping):
+        if source.get("bytes"):
+            return io.BytesIO(source["bytes"]), name
+        if source.get("path"):
+            source = source["path"]
+        else:
+            raise AudioError(f"{name}: audio entry has neither 'bytes' nor 'path'")
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise AudioError(f"{name}: empty byte string")
+        return io.BytesIO(source), name
+    path = Path(source)
+    if not path.is_file():
+        raise AudioError(f"{name}: audio file not found")
+    return path, name
+
+
+def audio_info(source: AudioSource) -> tuple[int, int]:
+    """Return ``(num_frames, sampling_rate)`` without decoding, so callers can read a segment."""
+    target, name = _open_target(source)
+    try:
+        info = sf.info(target)
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise AudioError(f"{name}: cannot read audio ({err})") from err
+    return int(info.frames), int(info.samplerate)
+
+
+def load_audio(
+    source: AudioSource, target_sr: int = 16000, *, start: int = 0, stop: int | None = None
+) -> np.ndarray:
+    """Read audio as float32 mono at ``target_sr``.
+
+    ``start``/``stop`` select a segment in the file's own sample frames (before resampling), so
+    a long noise recording can be sampled without decoding all of it. A decoded ``datasets``
+    entry (``{"array", "sampling_rate"}``) is accepted too (whole, no segment) and goes through
+    the same checks.
+    """
+    if isinstance(source, Mapping) and source.get("array") is not None:
+        if start or stop is not None:
+            raise ValueError("start/stop apply to encoded audio only, not decoded arrays")
+        return prepare_waveform(
+            source["array"], source["sampling_rate"], target_sr, name=_describe(source)
+        )
+    target, name = _open_target(source)
+    try:
+        data, sr = sf.read(target, start=start, stop=stop, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, TypeError) as err:
+        raise AudioError(f"{name}: cannot read audio ({err})") from err
+    # soundfile returns (frames, channels); the mean is the usual mono mix-down.
+    return _finish(data.mean(axis=1), sr, target_sr, name)
+
+
+def _as_float32(array: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    """Convert to float32, scaling integer PCM (e.g. gradio's int16 arrays) to [-1, 1]."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.signedinteger):
+        return (array / float(2 ** (8 * array.itemsize - 1))).astype(np.float32)
+    if np.issubdtype(array.dtype, np.unsignedinteger):
+        half = float(2 ** (8 * array.itemsize - 1))
+        return ((array - half) / half).astype(np.float32)
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32, copy=False)
+    raise AudioError(f"{name}: unsupported sample type {array.dtype}")
+
+
+def _check_samples(array: np.ndarray, name: str) -> None:
+    """Reject empty and non-finite audio, which would silently poison losses and metrics."""
+    if array.size == 0:
+        raise AudioError(f"{name}: audio is empty (0 samples)")
+    if not np.isfinite(array).all():
+        raise AudioError(f"{name}: audio contains NaN or infinite samples")
+
+
+def _finish(mono: np.ndarray, sr: int, target_sr: int, name: str) -> np.ndarray:
+    """Check a mono signal and resample it; shared by file and in-memory inputs."""
+    _check_samples(mono, name)
+    if int(sr) <= 0 or int(target_sr) <= 0:
+        raise AudioError(f"{name}: invalid sampling rate {sr} -> {target_sr}")
+    if int(sr) != int(target_sr):
+        resampled = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), int(sr), target_sr)
+        mono = resampled.numpy()
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def prepare_waveform(
+    array: np.ndarray | torch.Tensor,
+    sampling_rate: int,
+    target_sr: int = 16000,
+    *,
+    name: str = "waveform",
+) -> np.ndarray:
+    """Turn an in-memory waveform into float32 mono at ``target_sr``.
+
+    2-D input may be channels-first or channels-last: the smaller dimension is taken as the
+    channel axis (audio has far more samples than channels; a square array counts as
+    channels-first). Integer PCM is scaled to [-1, 1].
+    """
+    array = _as_float32(array, name)
+    if array.ndim == 2:
+        channel_axis = 0 if array.shape[0] <= array.shape[1] else 1
+        array = array.mean(axis=channel_axis)
+    elif array.ndim != 1:
+        raise AudioError(f"{name}: expected a 1-D or 2-D waveform, got shape {array.shape}")
+    return _finish(array, sampling_rate, target_sr, name)
+
+
+def write_audio(path: str | os.PathLike, array: np.ndarray | torch.Tensor, sr: int) -> None:
+    """Write 16-bit PCM WAV, clipping to [-1, 1] first.
+
+    libsndfile does not clip by default, so an out-of-range float would wrap around to the
+    opposite sign in int16; clipping keeps the damage to a flat top instead.
+    """
+    name = str(path)
+    data = _as_float32(array, name)
+    if data.ndim not in (1, 2):
+        raise AudioError(f"{name}: expected (samples,) or (samples, channels), got {data.shape}")
+    _check_samples(data, name)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(data, -1.0, 1.0), int(sr), subtype="PCM_16")

@@ -1,0 +1,40 @@
+"""Sparse MERIT model files: config, model and feature extractor.
+
+These three files are also what ``save_pretrained`` copies next to the weights, so a Hub copy
+loads with ``trust_remote_code=True`` and nothing else installed.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForAudioClassification,
+)
+
+from .configuration_merit import MeritConfig, tiny_backbone_config
+from .feature_extraction_merit import MeritFeatureExtractor
+from .modeling_merit import MeritModel, MeritOutput
+
+
+def register_auto_classes() -> None:
+    """Let the Auto* classes resolve ``model_type="merit"`` without ``trust_remote_code``.
+
+    Needed when this package is installed and a folder is loaded locally; the Hub copy uses the
+    ``auto_map`` in its config instead.
+    """
+    AutoConfig.register("merit", MeritConfig, exist_ok=True)
+    AutoModel.register(MeritConfig, MeritModel, exist_ok=True)
+    AutoModelForAudioClassification.register(MeritConfig, MeritModel, exist_ok=True)
+    AutoFeatureExtractor.register(MeritConfig, MeritFeatureExtractor, exist_ok=True)
+
+
+register_auto_classes()
+
+__all__ = [
+    "MeritConfig",
+    "MeritFeatureExtractor",
+    "MeritModel",
+    "MeritOutput",
+    "register_auto_classes",
+    "tiny_backbone_config",
+]

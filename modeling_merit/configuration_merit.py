@@ -1,0 +1,219 @@
+"""Configuration of Sparse MERIT models.
+
+This file is loaded on its own by ``trust_remote_code``: it imports only ``transformers`` and
+must stay free of project-level imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+TASKS = ("ser", "se")
+ROUTING_MODES = ("sparse", "dense", "shared")
+SUPPORTED_BACKBONES = ("wavlm", "wav2vec2", "hubert")
+DEFAULT_EMOTIONS = ("neutral", "happy", "sad", "angry")
+
+
+def tiny_backbone_config(model_type: str = "wavlm", **overrides: Any) -> PretrainedConfig:
+    """A very small random backbone so that tests and offline demo runs finish in seconds.
+
+    ``feat_extract_norm="layer"`` keeps padded and unpadded forward passes identical (group norm
+    normalises over the padded time axis); ``do_stable_layer_norm`` matches WavLM-large style.
+    """
+    kwargs: dict[str, Any] = dict(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        conv_dim=(32, 32, 32, 32, 32, 32, 32),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        layerdrop=0.0,
+        mask_time_prob=0.0,
+        apply_spec_augment=False,
+    )
+    if model_type == "wavlm":
+        kwargs.update(num_buckets=32, max_bucket_distance=64)
+    kwargs.update(overrides)
+    return CONFIG_MAPPING[model_type](**kwargs)
+
+
+class MeritConfig(PretrainedConfig):
+    r"""Configuration of a Sparse MERIT model (Tzeng, Busso & Lee, 2025).
+
+    One SSL speech backbone feeds a shared pool of experts; every task (speech emotion
+    recognition ``"ser"``, speech enhancement ``"se"``) integrates the backbone layers with its
+    own weights and routes each frame through its own gating network.
+
+    Args:
+        backbone_config (`dict` or `PretrainedConfig`, *optional*):
+            Config of the SSL backbone (WavLM, wav2vec 2.0 or HuBERT). Stored in full so that
+            ``from_pretrained`` rebuilds the model without downloading anything. Defaults to a
+            WavLM-base-size configuration with random weights.
+        tasks (`list[str]`, *optional*, defaults to `["ser", "se"]`):
+            Tasks with a head. One task alone gives the SER-only or SE-only baselines.
+        routing (`str`, *optional*, defaults to `"sparse"`):
+            ``"sparse"``: each frame goes to the top-``router_top_k`` experts of its task's gate
+            (Sparse MERIT). ``"dense"``: softmax mixture over all experts (dense MERIT).
+            ``"shared"``: the naive multi-task baseline, one shared layer integration and one
+            shared feed-forward projection, no gates.
+        hidden_size (`int`, *optional*, defaults to 256):
+            Width of the integrated representation the experts work on.
+        num_experts (`int`, *optional*, defaults to 8):
+            Size of the shared expert pool.
+        router_top_k (`int`, *optional*, defaults to 2):
+            Experts per frame in sparse routing.
+        expert_hidden_size (`int`, *optional*, defaults to 512):
+            Inner width of each feed-forward expert.
+        expert_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout inside experts and heads.
+        router_noise_std (`float`, *optional*, defaults to 1.0):
+            Scale of the learned noise added to gate logits in training (noisy top-k gating);
+            0 disables it.
+        load_balance_coef (`float`, *optional*, defaults to 0.01):
+            Weight of the Switch-Transformer load-balancing loss (sparse routing).
+        router_z_loss_coef (`float`, *optional*, defaults to 0.001):
+            Weight of the router z-loss, which keeps gate logits small and routing stable.
+        ser_loss_weight / se_loss_weight (`float`, *optional*, default 1.0):
+            Weights of the task losses in the total loss.
+        class_weights (`list[float]`, *optional*):
+            Per-class weights for the emotion cross-entropy (imbalanced corpora).
+        dimension_names (`list[str]`, *optional*):
+            Names of dimensional attributes (for example ``["arousal", "valence",
+            "dominance"]``). When set, an extra regression head predicts them from the pooled
+            SER representation and is trained with a concordance-correlation loss.
+        dimension_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the CCC loss.
+        categorical_head (`bool`, *optional*, defaults to `True`):
+            Whether the SER task has the categorical emotion classifier; set `False` for a
+            dimensional-only model.
+        n_fft / hop_length / win_length (`int`, *optional*, 512 / 160 / 400):
+            STFT of the enhancement head (32 ms / 10 ms / 25 ms at 16 kHz).
+        mag_compression (`float`, *optional*, defaults to 0.3):
+            Exponent applied to magnitudes in the SE loss, which weights quiet bins more like
+            hearing does.
+        se_sisdr_weight (`float`, *optional*, defaults to 0.0):
+            Weight of an extra negative SI-SDR loss on the enhanced waveform.
+        normalize_input (`bool`, *optional*, defaults to `True`):
+            Zero-mean, unit-variance normalise each utterance (valid samples only) before the
+            backbone. The enhancement head always works on the raw input, so its output keeps
+            the input's scale.
+        freeze_feature_encoder (`bool`, *optional*, defaults to `True`):
+            Freeze the convolutional feature encoder of the backbone.
+        freeze_backbone (`bool`, *optional*, defaults to `False`):
+            Freeze the whole backbone (only MERIT layers and heads train).
+        sampling_rate (`int`, *optional*, defaults to 16000):
+            Rate the model expects.
+    """
+
+    model_type = "merit"
+    sub_configs = {"backbone_config": AutoConfig}
+
+    def __init__(
+        self,
+        backbone_config: dict | PretrainedConfig | None = None,
+        tasks: list[str] | tuple[str, ...] = TASKS,
+        routing: str = "sparse",
+        hidden_size: int = 256,
+        num_experts: int = 8,
+        router_top_k: int = 2,
+        expert_hidden_size: int = 512,
+        expert_dropout: float = 0.1,
+        router_noise_std: float = 1.0,
+        load_balance_coef: float = 0.01,
+        router_z_loss_coef: float = 0.001,
+        ser_loss_weight: float = 1.0,
+        se_loss_weight: float = 1.0,
+        class_weights: list[float] | None = None,
+        dimension_names: list[str] | None = None,
+        dimension_loss_weight: float = 1.0,
+        categorical_head: bool = True,
+        n_fft: int = 512,
+        hop_length: int = 160,
+        win_length: int = 400,
+        mag_compression: float = 0.3,
+        se_sisdr_weight: float = 0.0,
+        normalize_input: bool = True,
+        freeze_feature_encoder: bool = True,
+        freeze_backbone: bool = False,
+        sampling_rate: int = 16000,
+        **kwargs: Any,
+    ) -> None:
+        if backbone_config is None:
+            backbone_config = CONFIG_MAPPING["wavlm"]()
+        elif isinstance(backbone_config, dict):
+            backbone_config = dict(backbone_config)
+            model_type = backbone_config.pop("model_type", None)
+            if model_type is None:
+                raise ValueError("backbone_config needs a 'model_type' (wavlm, wav2vec2 or hubert).")
+            backbone_config = CONFIG_MAPPING[model_type](**backbone_config)
+        if backbone_config.model_type not in SUPPORTED_BACKBONES:
+            raise ValueError(
+                f"Unsupported backbone '{backbone_config.model_type}'; "
+                f"supported: {', '.join(SUPPORTED_BACKBONES)}."
+            )
+        tasks = list(tasks)
+        unknown = [t for t in tasks if t not in TASKS]
+        if not tasks or unknown:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}.")
+        if routing not in ROUTING_MODES:
+            raise ValueError(f"routing must be one of {ROUTING_MODES}, got '{routing}'.")
+        if not 1 <= router_top_k <= num_experts:
+            raise ValueError(f"router_top_k must be in [1, num_experts={num_experts}], got {router_top_k}.")
+        if hop_length > win_length or win_length > n_fft:
+            raise ValueError("Need hop_length <= win_length <= n_fft for the SE STFT.")
+        if "id2label" not in kwargs and "num_labels" not in kwargs:
+            kwargs["id2label"] = dict(enumerate(DEFAULT_EMOTIONS))
+        if "id2label" in kwargs and "label2id" not in kwargs and kwargs["id2label"] is not None:
+            kwargs["label2id"] = {v: int(k) for k, v in kwargs["id2label"].items()}
+
+        self.backbone_config = backbone_config
+        self.tasks = tasks
+        self.routing = routing
+        self.hidden_size = hidden_size
+        self.num_experts = num_experts
+        self.router_top_k = router_top_k
+        self.expert_hidden_size = expert_hidden_size
+        self.expert_dropout = expert_dropout
+        self.router_noise_std = router_noise_std
+        self.load_balance_coef = load_balance_coef
+        self.router_z_loss_coef = router_z_loss_coef
+        self.ser_loss_weight = ser_loss_weight
+        self.se_loss_weight = se_loss_weight
+        self.class_weights = list(class_weights) if class_weights is not None else None
+        self.dimension_names = list(dimension_names) if dimension_names else None
+        self.dimension_loss_weight = dimension_loss_weight
+        self.categorical_head = categorical_head
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.win_length = win_length
+        self.mag_compression = mag_compression
+        self.se_sisdr_weight = se_sisdr_weight
+        self.normalize_input = normalize_input
+        self.freeze_feature_encoder = freeze_feature_encoder
+        self.freeze_backbone = freeze_backbone
+        self.sampling_rate = sampling_rate
+        super().__init__(**kwargs)
+        if self.class_weights is not None and len(self.class_weights) != self.num_labels:
+            raise ValueError(
+                f"class_weights has {len(self.class_weights)} entries for {self.num_labels} labels."
+            )
+
+    @property
+    def num_backbone_layers(self) -> int:
+        """Hidden states the backbone returns: the CNN projection plus every transformer layer."""
+        return self.backbone_config.num_hidden_layers + 1
+
+
+__all__ = ["MeritConfig", "tiny_backbone_config"]
