@@ -206,7 +206,7 @@ def segmental_snr(
             f"signals of {clean_arr.shape[0]} samples are too short for segmental SNR: need "
             f"at least {frame_len + hop} samples ({frame_len}-sample frames, hop {hop})"
         )
-    window = np.hanning(frame_len)
+    window = 0.5 * (1.0 - np.cos(2.0 * np.pi * np.arange(1, frame_len + 1) / (frame_len + 1)))
     windows = np.lib.stride_tricks.sliding_window_view
     clean_frames = windows(clean_arr, frame_len)[::hop][:num_frames] * window
     est_frames = windows(est_arr, frame_len)[::hop][:num_frames] * window

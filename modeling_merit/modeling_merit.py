@@ -548,7 +548,7 @@ class MeritModel(MeritPreTrainedModel):
                 config.expert_dropout,
             )
         else:
-            self.experts = MeritExpertPool(config)
+            self.expert_pool = MeritExpertPool(config)
             self.gates = nn.ModuleDict(
                 {
                     task: MeritGate(config.hidden_size, config.num_experts, config.router_noise_std)
@@ -602,8 +602,8 @@ class MeritModel(MeritPreTrainedModel):
 
     def set_expert_dispatch(self, enabled: bool) -> None:
         """Switch between token dispatch (fast, default) and static all-expert compute (export)."""
-        if hasattr(self, "experts"):
-            self.experts.dispatch = enabled
+        if hasattr(self, "expert_pool"):
+            self.expert_pool.dispatch = enabled
 
     # -- input handling -----------------------------------------------------------------------
 
@@ -712,7 +712,7 @@ class MeritModel(MeritPreTrainedModel):
             weights = probs.to(tokens.dtype)
             aux = probs.sum() * 0.0
         aux = aux + config.router_z_loss_coef * router_z_loss(logits.float())
-        mixed = self.experts(tokens, indices, weights)
+        mixed = self.expert_pool(tokens, indices, weights)
         output = torch.zeros_like(hidden)
         output[valid] = self.task_norm(tokens + mixed)
         batch, frames = frame_mask.shape

@@ -1,0 +1,44 @@
+"""Shared test setup: offline, remote-code cache in a temporary folder, tiny models."""
+
+import os
+import tempfile
+
+# Before transformers is imported anywhere: no network, and remote code cached in a throwaway
+# folder instead of ~/.cache (tests must not write into the user's home).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="merit-hf-modules-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from modeling_merit import MeritConfig, MeritModel, tiny_backbone_config  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def make_config(**overrides) -> MeritConfig:
+    """A tiny MERIT config: 4-layer 64-wide backbone, 4 experts of width 32."""
+    kwargs = dict(
+        backbone_config=tiny_backbone_config(),
+        hidden_size=32,
+        num_experts=4,
+        router_top_k=2,
+        expert_hidden_size=64,
+        expert_dropout=0.0,
+        n_fft=256,
+        hop_length=80,
+        win_length=200,
+    )
+    kwargs.update(overrides)
+    return MeritConfig(**kwargs)
+
+
+def make_model(seed: int = 0, **overrides) -> MeritModel:
+    torch.manual_seed(seed)
+    return MeritModel(make_config(**overrides))
+
+
+@pytest.fixture
+def tiny_model() -> MeritModel:
+    return make_model().eval()

@@ -1,0 +1,246 @@
+"""Sparse MERIT model: routing, losses, padding invariance, errors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_config, make_model
+
+from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, tiny_backbone_config
+from modeling_merit.modeling_merit import (
+    MeritExpertPool,
+    concordance_correlation_loss,
+    load_balancing_loss,
+    router_z_loss,
+)
+
+SR = 16000
+
+
+def batch(lengths=(8000, 6000), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    total = max(lengths)
+    x = torch.randn(len(lengths), total, generator=gen) * 0.1
+    mask = torch.zeros(len(lengths), total, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    return x * mask, mask
+
+
+@pytest.mark.parametrize("routing", ["sparse", "dense", "shared"])
+@pytest.mark.parametrize("tasks", [["ser", "se"], ["ser"], ["se"]])
+def test_forward_backward_every_mode(routing, tasks):
+    model = make_model(routing=routing, tasks=tasks).train()
+    x, mask = batch()
+    out = model(x, attention_mask=mask, labels=torch.tensor([0, 3]), clean_values=x * 0.5)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert ("ser" in tasks) == (out.logits is not None) == (out.ser_loss is not None)
+    assert ("se" in tasks) == (out.enhanced_waveform is not None) == (out.se_loss is not None)
+    if out.enhanced_waveform is not None:
+        assert out.enhanced_waveform.shape == x.shape
+    if routing == "shared":
+        assert out.routing_indices is None and out.aux_loss is None
+    else:
+        k = 2 if routing == "sparse" else 4
+        for task in tasks:
+            assert out.routing_indices[task].shape[-1] == k
+            assert torch.isfinite(out.aux_loss)
+    trained = [p for n, p in model.named_parameters() if p.requires_grad and "backbone" not in n]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+    # The conv feature encoder is frozen by default.
+    assert not any(p.requires_grad for p in model.backbone.feature_extractor.parameters())
+
+
+def test_sparse_gradients_reach_only_chosen_experts():
+    model = make_model(tasks=["ser"], num_experts=16, router_top_k=1).eval()
+    x, _ = batch(lengths=(4000,))
+    out = model(x, labels=torch.tensor([1]))
+    out.loss.backward()
+    chosen = set(out.routing_indices["ser"][out.frame_mask.bool()].flatten().tolist())
+    assert 0 < len(chosen) < 16, "test needs some experts left out"
+    for index, expert in enumerate(model.expert_pool.experts):
+        grad = expert.fc_in.weight.grad
+        has_grad = grad is not None and grad.abs().sum() > 0
+        assert has_grad == (index in chosen), index
+
+
+def test_sparse_routing_renormalises_top_k_weights():
+    model = make_model().eval()
+    x, mask = batch()
+    out = model(x, attention_mask=mask)
+    for task in ("ser", "se"):
+        weights = out.routing_weights[task]
+        valid = out.frame_mask.bool()
+        torch.testing.assert_close(weights[valid].sum(-1), torch.ones(int(valid.sum())))
+        assert (out.routing_indices[task][~valid] == -1).all()
+        assert (weights[~valid] == 0).all()
+
+
+def test_load_balancing_loss_matches_formula():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
+    # Top-1: f = [1/2, 1/2, 0], P = [0.4, 0.5, 0.1] -> 3 * (0.2 + 0.25) = 1.35
+    assert load_balancing_loss(probs, torch.tensor([[0], [1]]), 3).item() == pytest.approx(1.35)
+    # Top-2: slots [0,1,1,2] -> f = [1/4, 1/2, 1/4] -> 3 * (0.1 + 0.25 + 0.025) = 1.125
+    top2 = torch.tensor([[0, 1], [1, 2]])
+    assert load_balancing_loss(probs, top2, 3).item() == pytest.approx(1.125)
+    # A uniform router scores exactly 1.
+    uniform = torch.full((4, 4), 0.25)
+    assert load_balancing_loss(uniform, torch.tensor([[0], [1], [2], [3]]), 4).item() == 1.0
+
+
+def test_router_z_loss_matches_formula():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    expected = (math.log(2.0) ** 2 + math.log(4.0) ** 2) / 2
+    assert router_z_loss(logits).item() == pytest.approx(expected)
+
+
+def test_dense_pool_is_weighted_sum_of_all_experts():
+    config = make_config(routing="dense")
+    torch.manual_seed(0)
+    pool = MeritExpertPool(config).eval()
+    tokens = torch.randn(10, config.hidden_size)
+    probs = torch.randn(10, config.num_experts).softmax(-1)
+    indices = torch.arange(config.num_experts).expand(10, -1)
+    expected = sum(probs[:, e : e + 1] * pool.experts[e](tokens) for e in range(4))
+    torch.testing.assert_close(pool(tokens, indices, probs), expected)
+
+
+def test_dispatch_equals_static_all_expert_compute():
+    model = make_model().eval()
+    x, mask = batch()
+    with torch.no_grad():
+        dispatched = model(x, attention_mask=mask)
+        model.set_expert_dispatch(False)
+        static = model(x, attention_mask=mask)
+    torch.testing.assert_close(dispatched.logits, static.logits)
+    torch.testing.assert_close(dispatched.enhanced_waveform, static.enhanced_waveform)
+
+
+@pytest.mark.parametrize("norm", ["layer", "group"])
+@pytest.mark.parametrize("backbone", ["wavlm", "wav2vec2", "hubert"])
+def test_padded_batch_equals_one_by_one(backbone, norm):
+    config = make_config(
+        backbone_config=tiny_backbone_config(backbone, feat_extract_norm=norm, do_stable_layer_norm=norm == "layer")
+    )
+    torch.manual_seed(0)
+    model = MeritModel(config).eval()
+    x, mask = batch(lengths=(8000, 5123, 6400))
+    with torch.no_grad():
+        together = model(x, attention_mask=mask)
+        for i, n in enumerate(mask.sum(-1).tolist()):
+            alone = model(x[i : i + 1, :n])
+            torch.testing.assert_close(alone.logits, together.logits[i : i + 1], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                alone.enhanced_waveform, together.enhanced_waveform[i : i + 1, :n], atol=1e-5, rtol=1e-4
+            )
+            assert together.enhanced_waveform[i, n:].abs().max().item() == 0.0 if n < x.shape[1] else True
+
+
+def test_enhancement_head_reconstructs_like_torch_istft():
+    """With the mask forced to 1 the head must give back the input (perfect reconstruction)."""
+    model = make_model(tasks=["se"]).eval()
+    torch.nn.init.constant_(model.se_head.mask_out.bias, 50.0)
+    x, _ = batch(lengths=(7000,))
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(out.enhanced_waveform, x, atol=1e-5, rtol=1e-4)
+
+
+def test_class_weights_change_the_loss():
+    x, mask = batch()
+    labels = torch.tensor([0, 1])
+    plain = make_model().eval()(x, attention_mask=mask, labels=labels).ser_loss
+    weighted_model = make_model(class_weights=[1.0, 5.0, 1.0, 1.0]).eval()
+    weighted = weighted_model(x, attention_mask=mask, labels=labels).ser_loss
+    logits = weighted_model(x, attention_mask=mask).logits
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([1.0, 5, 1, 1]))
+    torch.testing.assert_close(weighted, expected)
+    assert not torch.isclose(plain, weighted)
+
+
+def test_dimensional_head_and_ccc_loss():
+    model = make_model(dimension_names=["arousal", "valence", "dominance"]).train()
+    x, mask = batch()
+    dims = torch.tensor([[0.2, 0.5, 0.1], [0.9, -0.3, 0.4]])
+    out = model(x, attention_mask=mask, dimensions=dims, labels=torch.tensor([0, 1]))
+    assert out.dimensions.shape == (2, 3) and torch.isfinite(out.dimension_loss)
+    out.loss.backward()
+    # CCC loss is 0 for a perfect prediction and 1 - ccc by the formula otherwise.
+    pred = torch.tensor([[1.0], [2.0], [3.0]])
+    assert concordance_correlation_loss(pred, pred).item() == pytest.approx(0.0, abs=1e-6)
+    shifted = concordance_correlation_loss(pred + 1, pred).item()
+    # var = 2/3 each, cov = 2/3, mean diff 1 -> ccc = (4/3) / (4/3 + 1) = 4/7
+    assert shifted == pytest.approx(1 - 4 / 7, rel=1e-5)
+
+
+def test_freeze_backbone_option():
+    model = make_model(freeze_backbone=True)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.expert_pool.parameters())
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.zeros(1, 0), "empty"),
+        (torch.full((1, 8000), float("nan")), "NaN"),
+        (torch.zeros(8000), "shape"),
+        (torch.zeros(1, 2, 8000), "shape"),
+        (torch.zeros(1, 100), "too short"),
+        (torch.zeros(1, 8000, dtype=torch.long), "floating-point"),
+    ],
+)
+def test_model_rejects_bad_input(tiny_model, bad, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(bad)
+
+
+def test_model_rejects_bad_labels_and_mismatched_targets(tiny_model):
+    x, mask = batch()
+    with pytest.raises(ValueError, match="class ids"):
+        tiny_model(x, attention_mask=mask, labels=torch.tensor([0, 9]))
+    with pytest.raises(ValueError, match="clean_values"):
+        tiny_model(x, attention_mask=mask, clean_values=x[:, :100])
+    with pytest.raises(ValueError, match="attention_mask"):
+        tiny_model(x, attention_mask=mask[:, :100])
+
+
+def test_silent_audio_gives_finite_outputs(tiny_model):
+    out = tiny_model(torch.zeros(2, 8000), labels=torch.tensor([0, 1]), clean_values=torch.zeros(2, 8000))
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+    assert out.enhanced_waveform.abs().max().item() == 0.0
+
+
+def test_feature_extractor_pads_and_rejects_bad_input():
+    fe = MeritFeatureExtractor()
+    a, b = np.ones(800, dtype=np.float32), np.ones(500, dtype=np.float32)
+    out = fe([a, b], sampling_rate=SR, return_tensors="pt")
+    assert out["input_values"].shape == (2, 800)
+    assert out["attention_mask"].sum(-1).tolist() == [800, 500]
+    assert out["input_values"][1, 500:].abs().sum() == 0
+    with pytest.raises(ValueError, match="44100 Hz"):
+        fe(a, sampling_rate=44100)
+    with pytest.raises(ValueError, match="mono"):
+        fe([np.ones((2, 800), dtype=np.float32)], sampling_rate=SR)
+    with pytest.raises(ValueError, match="empty"):
+        fe(np.zeros(0, dtype=np.float32), sampling_rate=SR)
+    with pytest.raises(ValueError, match="NaN"):
+        fe(np.full(800, np.nan, dtype=np.float32), sampling_rate=SR)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="routing"):
+        MeritConfig(backbone_config=tiny_backbone_config(), routing="magic")
+    with pytest.raises(ValueError, match="tasks"):
+        MeritConfig(backbone_config=tiny_backbone_config(), tasks=["asr"])
+    with pytest.raises(ValueError, match="router_top_k"):
+        MeritConfig(backbone_config=tiny_backbone_config(), num_experts=2, router_top_k=3)
+    with pytest.raises(ValueError, match="Unsupported backbone"):
+        MeritConfig(backbone_config={"model_type": "bert"})
+    with pytest.raises(ValueError, match="class_weights"):
+        MeritConfig(backbone_config=tiny_backbone_config(), class_weights=[1.0])
