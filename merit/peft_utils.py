@@ -36,7 +36,14 @@ def apply_lora(
     projections: tuple[str, ...] = ("q_proj", "v_proj"),
 ) -> PeftModel:
     """Wrap a MERIT model with LoRA adapters on the backbone attention projections."""
-    present = [name for name in MERIT_MODULES if getattr(model, name, None) is not None]
+    present = []
+    for name in MERIT_MODULES:
+        module = getattr(model, name, None)
+        if isinstance(module, (nn.ModuleDict, nn.ModuleList)):
+            # PEFT cannot wrap containers; wrap each member (one gate per task) instead.
+            present.extend(f"{name}.{child}" for child, _ in module.named_children())
+        elif module is not None:
+            present.append(name)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,

@@ -156,7 +156,9 @@ class MeritConfig(PretrainedConfig):
             backbone_config = dict(backbone_config)
             model_type = backbone_config.pop("model_type", None)
             if model_type is None:
-                raise ValueError("backbone_config needs a 'model_type' (wavlm, wav2vec2 or hubert).")
+                raise ValueError(
+                    "backbone_config needs a 'model_type' (wavlm, wav2vec2 or hubert)."
+                )
             backbone_config = CONFIG_MAPPING[model_type](**backbone_config)
         if backbone_config.model_type not in SUPPORTED_BACKBONES:
             raise ValueError(
@@ -170,7 +172,9 @@ class MeritConfig(PretrainedConfig):
         if routing not in ROUTING_MODES:
             raise ValueError(f"routing must be one of {ROUTING_MODES}, got '{routing}'.")
         if not 1 <= router_top_k <= num_experts:
-            raise ValueError(f"router_top_k must be in [1, num_experts={num_experts}], got {router_top_k}.")
+            raise ValueError(
+                f"router_top_k must be in [1, num_experts={num_experts}], got {router_top_k}."
+            )
         if hop_length > win_length or win_length > n_fft:
             raise ValueError("Need hop_length <= win_length <= n_fft for the SE STFT.")
         if "id2label" not in kwargs and "num_labels" not in kwargs:

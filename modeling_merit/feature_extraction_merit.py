@@ -47,7 +47,9 @@ class MeritFeatureExtractor(SequenceFeatureExtractor):
     def _as_waveforms(self, raw_speech: Any) -> list[np.ndarray]:
         if isinstance(raw_speech, np.ndarray) and raw_speech.ndim == 2:
             items = list(raw_speech)
-        elif isinstance(raw_speech, (list, tuple)) and raw_speech and not np.isscalar(raw_speech[0]):
+        elif (
+            isinstance(raw_speech, (list, tuple)) and raw_speech and not np.isscalar(raw_speech[0])
+        ):
             items = list(raw_speech)
         else:
             items = [raw_speech]
@@ -103,7 +105,9 @@ class MeritFeatureExtractor(SequenceFeatureExtractor):
             truncation=truncation,
             pad_to_multiple_of=pad_to_multiple_of,
             return_attention_mask=(
-                self.return_attention_mask if return_attention_mask is None else return_attention_mask
+                self.return_attention_mask
+                if return_attention_mask is None
+                else return_attention_mask
             ),
             return_tensors=return_tensors,
         )

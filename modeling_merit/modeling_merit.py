@@ -257,7 +257,7 @@ class MeritExpertPool(nn.Module):
     def forward(
         self, hidden: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
     ) -> torch.Tensor:
-        """``hidden (N, d)``, ``indices``/``weights`` ``(N, k)`` -> weighted expert mix ``(N, d)``."""
+        """``hidden (N, d)``, ``indices``/``weights`` ``(N, k)`` -> mixed output ``(N, d)``."""
         if not self.dispatch:
             every = torch.stack([expert(hidden) for expert in self.experts], dim=1)  # N, E, d
             chosen = torch.gather(
@@ -358,7 +358,6 @@ class MeritSEHead(nn.Module):
         self.win_length = config.win_length
         self.compression = config.mag_compression
         bins = config.n_fft // 2 + 1
-        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
         self.mask_net = nn.Sequential(
             nn.Linear(config.hidden_size + bins, config.hidden_size),
             nn.GELU(),
@@ -368,6 +367,11 @@ class MeritSEHead(nn.Module):
         self.mask_out = nn.Linear(config.hidden_size, bins)
         self.frame_field, self.frame_hop = _receptive_field(config.backbone_config)
 
+    def window(self, reference: torch.Tensor) -> torch.Tensor:
+        """Hann window built on demand: a non-persistent buffer would come back uninitialised
+        from ``from_pretrained`` (weights are materialised from the checkpoint only)."""
+        return torch.hann_window(self.win_length, device=reference.device, dtype=reference.dtype)
+
     def stft(self, waveform: torch.Tensor) -> torch.Tensor:
         """Zero-padded (not reflected) centred STFT, so padding a batch changes no valid frame."""
         return torch.stft(
@@ -375,7 +379,7 @@ class MeritSEHead(nn.Module):
             n_fft=self.n_fft,
             hop_length=self.hop_length,
             win_length=self.win_length,
-            window=self.window.to(waveform.dtype),
+            window=self.window(waveform),
             center=True,
             pad_mode="constant",
             return_complex=True,
@@ -391,7 +395,7 @@ class MeritSEHead(nn.Module):
         batch, _, frames = spec.shape
         pad = self.n_fft // 2
         left = (self.n_fft - self.win_length) // 2
-        window = F.pad(self.window.to(spec.real.dtype), (left, self.n_fft - self.win_length - left))
+        window = F.pad(self.window(spec.real), (left, self.n_fft - self.win_length - left))
         valid = (
             torch.arange(frames, device=spec.device)[None, :]
             <= (lengths // self.hop_length)[:, None]
@@ -702,9 +706,7 @@ class MeritModel(MeritPreTrainedModel):
         if config.routing == "sparse":
             top_logits, indices = logits.topk(config.router_top_k, dim=-1)
             weights = top_logits.float().softmax(-1).to(tokens.dtype)
-            aux = config.load_balance_coef * load_balancing_loss(
-                probs, indices, config.num_experts
-            )
+            aux = config.load_balance_coef * load_balancing_loss(probs, indices, config.num_experts)
         else:  # dense
             indices = torch.arange(config.num_experts, device=tokens.device).expand(
                 tokens.shape[0], -1

@@ -122,7 +122,9 @@ def test_dispatch_equals_static_all_expert_compute():
 @pytest.mark.parametrize("backbone", ["wavlm", "wav2vec2", "hubert"])
 def test_padded_batch_equals_one_by_one(backbone, norm):
     config = make_config(
-        backbone_config=tiny_backbone_config(backbone, feat_extract_norm=norm, do_stable_layer_norm=norm == "layer")
+        backbone_config=tiny_backbone_config(
+            backbone, feat_extract_norm=norm, do_stable_layer_norm=norm == "layer"
+        )
     )
     torch.manual_seed(0)
     model = MeritModel(config).eval()
@@ -131,11 +133,20 @@ def test_padded_batch_equals_one_by_one(backbone, norm):
         together = model(x, attention_mask=mask)
         for i, n in enumerate(mask.sum(-1).tolist()):
             alone = model(x[i : i + 1, :n])
-            torch.testing.assert_close(alone.logits, together.logits[i : i + 1], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(
-                alone.enhanced_waveform, together.enhanced_waveform[i : i + 1, :n], atol=1e-5, rtol=1e-4
+                alone.logits, together.logits[i : i + 1], atol=1e-5, rtol=1e-4
             )
-            assert together.enhanced_waveform[i, n:].abs().max().item() == 0.0 if n < x.shape[1] else True
+            torch.testing.assert_close(
+                alone.enhanced_waveform,
+                together.enhanced_waveform[i : i + 1, :n],
+                atol=1e-5,
+                rtol=1e-4,
+            )
+            assert (
+                together.enhanced_waveform[i, n:].abs().max().item() == 0.0
+                if n < x.shape[1]
+                else True
+            )
 
 
 def test_enhancement_head_reconstructs_like_torch_istft():
@@ -155,7 +166,9 @@ def test_class_weights_change_the_loss():
     weighted_model = make_model(class_weights=[1.0, 5.0, 1.0, 1.0]).eval()
     weighted = weighted_model(x, attention_mask=mask, labels=labels).ser_loss
     logits = weighted_model(x, attention_mask=mask).logits
-    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([1.0, 5, 1, 1]))
+    expected = torch.nn.functional.cross_entropy(
+        logits, labels, weight=torch.tensor([1.0, 5, 1, 1])
+    )
     torch.testing.assert_close(weighted, expected)
     assert not torch.isclose(plain, weighted)
 
@@ -211,7 +224,9 @@ def test_model_rejects_bad_labels_and_mismatched_targets(tiny_model):
 
 
 def test_silent_audio_gives_finite_outputs(tiny_model):
-    out = tiny_model(torch.zeros(2, 8000), labels=torch.tensor([0, 1]), clean_values=torch.zeros(2, 8000))
+    out = tiny_model(
+        torch.zeros(2, 8000), labels=torch.tensor([0, 1]), clean_values=torch.zeros(2, 8000)
+    )
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
     assert out.enhanced_waveform.abs().max().item() == 0.0
 

@@ -1,0 +1,217 @@
+"""Saving, loading as remote code, the audio-classification pipeline, backbones and LoRA."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_config, make_model
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    HubertModel,
+    Wav2Vec2Config,
+    WavLMConfig,
+    WavLMForSequenceClassification,
+    WavLMModel,
+    pipeline,
+)
+
+from merit.peft_utils import apply_lora, trainable_parameter_names
+from modeling_merit import MeritFeatureExtractor, MeritModel, tiny_backbone_config
+
+CODE_FILES = {"configuration_merit.py", "modeling_merit.py", "feature_extraction_merit.py"}
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("merit-tiny")
+    model = make_model().eval()
+    model.save_pretrained(folder)
+    MeritFeatureExtractor().save_pretrained(folder)
+    return folder, model
+
+
+def test_saved_folder_layout(saved_model):
+    folder, _ = saved_model
+    files = set(os.listdir(folder))
+    assert CODE_FILES | {"config.json", "model.safetensors", "preprocessor_config.json"} <= files
+    assert not any(name.endswith(".bin") for name in files), "weights must be safetensors only"
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForAudioClassification"}
+    fe_map = json.loads((folder / "preprocessor_config.json").read_text())["auto_map"]
+    assert fe_map == {"AutoFeatureExtractor": "feature_extraction_merit.MeritFeatureExtractor"}
+
+
+def test_remote_code_load_in_fresh_process_without_the_package(saved_model, tmp_path):
+    """The Hub copy must work alone: `modeling_merit` is made unimportable in the child."""
+    folder, model = saved_model
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7000, generator=gen) * 0.1
+    mask = torch.ones(2, 7000, dtype=torch.long)
+    mask[1, 5000:] = 0
+    torch.save({"x": x, "mask": mask}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = model(x, attention_mask=mask)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("modeling_merit", "merit"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import torch
+        from transformers import AutoModel, AutoConfig, AutoModelForAudioClassification
+        folder = {str(folder)!r}
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        assert type(config).__name__ == "MeritConfig", type(config)
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        clf = AutoModelForAudioClassification.from_pretrained(folder, trust_remote_code=True)
+        assert type(clf).__name__ == "MeritModel"
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        with torch.no_grad():
+            out = model(inputs["x"], attention_mask=inputs["mask"])
+        torch.save({{"logits": out.logits, "enhanced": out.enhanced_waveform}},
+                   {str(tmp_path / "outputs.pt")!r})
+        """
+    )
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = torch.load(tmp_path / "outputs.pt")
+    torch.testing.assert_close(got["logits"], expected.logits)
+    torch.testing.assert_close(got["enhanced"], expected.enhanced_waveform)
+
+
+def test_auto_classes_and_feature_extractor_round_trip(saved_model):
+    folder, model = saved_model
+    loaded = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    fe = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
+    assert fe.sampling_rate == 16000 and fe.return_attention_mask
+    assert AutoConfig.from_pretrained(folder, trust_remote_code=True).id2label[3] == "angry"
+
+
+def test_audio_classification_pipeline(saved_model):
+    folder, model = saved_model
+    classifier = pipeline("audio-classification", model=str(folder), trust_remote_code=True)
+    audio = (np.random.default_rng(0).standard_normal(12000) * 0.1).astype(np.float32)
+    result = classifier(audio, top_k=4)
+    assert {r["label"] for r in result} == {"neutral", "happy", "sad", "angry"}
+    assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-4)
+    with torch.no_grad():
+        probs = model(torch.from_numpy(audio)[None]).logits.softmax(-1)[0]
+    by_label = {r["label"]: r["score"] for r in result}
+    for i, label in model.config.id2label.items():
+        assert by_label[label] == pytest.approx(probs[i].item(), abs=1e-5)
+    # The pipeline resamples other rates itself (8 kHz in -> 16 kHz model).
+    assert len(classifier({"raw": audio[:8000], "sampling_rate": 8000})) == 4
+
+
+@pytest.mark.parametrize("checkpoint_kind", ["wavlm", "wavlm-with-head", "wav2vec2", "hubert"])
+def test_from_backbone_loads_local_checkpoint_weights(tmp_path, checkpoint_kind):
+    torch.manual_seed(1)
+    small = tiny_backbone_config("wavlm").to_dict()
+    small.pop("model_type")
+    if checkpoint_kind == "wavlm":
+        backbone = WavLMModel(WavLMConfig(**small))
+    elif checkpoint_kind == "wavlm-with-head":
+        backbone = WavLMForSequenceClassification(WavLMConfig(**small))
+    elif checkpoint_kind == "wav2vec2":
+        from transformers import Wav2Vec2Model
+
+        backbone = Wav2Vec2Model(tiny_backbone_config("wav2vec2"))
+    else:
+        from transformers import HubertConfig
+
+        cfg = tiny_backbone_config("hubert").to_dict()
+        cfg.pop("model_type")
+        backbone = HubertModel(HubertConfig(**cfg))
+    backbone.save_pretrained(tmp_path)
+    model = MeritModel.from_backbone(str(tmp_path), hidden_size=32, num_experts=4)
+    reference = backbone.wavlm if checkpoint_kind == "wavlm-with-head" else backbone
+    ref_state = reference.state_dict()
+    for name, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(value, ref_state[name], msg=name)
+    assert model.config.backbone_config.model_type == (
+        "wavlm" if "wavlm" in checkpoint_kind else checkpoint_kind
+    )
+    assert isinstance(Wav2Vec2Config, type)
+    out = model.eval()(torch.randn(1, 4000))
+    assert out.logits.shape == (1, 4)
+
+
+def test_lora_trains_only_lora_and_merit_and_changes_backbone(tmp_path):
+    model = make_model()
+    peft_model = apply_lora(model, r=4, alpha=8)
+    names = trainable_parameter_names(peft_model)
+    assert any("lora_A" in n for n in names)
+    backbone_trainable = [n for n in names if ".backbone." in n and "lora_" not in n]
+    assert backbone_trainable == [], backbone_trainable
+    for module in ("expert_pool", "gates", "integration", "ser_head", "se_head"):
+        assert any(module in n for n in names), module
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6000, generator=gen) * 0.1
+    labels = torch.tensor([1, 2])
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        out = peft_model(input_values=x, labels=labels, clean_values=x * 0.5)
+        out.loss.backward()
+        lora_grads = [
+            p.grad for n, p in peft_model.named_parameters() if "lora_B" in n and p.grad is not None
+        ]
+        # WavLM's stock attention bypasses q_proj/v_proj modules; LoRA must really be called.
+        assert lora_grads and any(g.abs().sum() > 0 for g in lora_grads)
+        optimizer.step()
+
+    peft_model.eval()
+    with torch.no_grad():
+        unmerged = peft_model(input_values=x)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+    from peft import PeftModel
+
+    base = make_model()
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        again = reloaded(input_values=x)
+    torch.testing.assert_close(again.logits, unmerged.logits, atol=1e-5, rtol=1e-4)
+
+    merged = reloaded.merge_and_unload().eval()
+    with torch.no_grad():
+        merged_out = merged(x)
+    torch.testing.assert_close(merged_out.logits, unmerged.logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        merged_out.enhanced_waveform, unmerged.enhanced_waveform, atol=1e-5, rtol=1e-4
+    )
+
+
+def test_projection_attention_matches_stock_wavlm():
+    """The LoRA-friendly attention is the same computation as stock WavLM attention."""
+    config = make_config()
+    torch.manual_seed(0)
+    model = MeritModel(config).eval()
+    stock = AutoModel.from_config(config.backbone_config).eval()
+    stock.load_state_dict(model.backbone.state_dict())
+    x = torch.randn(2, 6000) * 0.1
+    mask = torch.ones(2, 6000, dtype=torch.long)
+    mask[1, 4000:] = 0
+    with torch.no_grad():
+        ours = model.backbone(x, attention_mask=mask).last_hidden_state
+        theirs = stock(x, attention_mask=mask).last_hidden_state
+    frames = model.backbone._get_feat_extract_output_lengths(mask.sum(-1))
+    for i, n in enumerate(frames.tolist()):
+        torch.testing.assert_close(ours[i, :n], theirs[i, :n], atol=1e-5, rtol=1e-4)
