@@ -105,6 +105,15 @@ class MeritConfig(PretrainedConfig):
             hearing does.
         se_sisdr_weight (`float`, *optional*, defaults to 0.0):
             Weight of an extra negative SI-SDR loss on the enhanced waveform.
+        adapter_layers (`int`, *optional*, defaults to 0):
+            Layers of the light WAP-Transformer adapter (Adapter with local attributes) placed
+            on each task's weighted-average-pooled backbone representation, before the experts.
+            0 disables it. Its self-supervised pre-training (EMA teacher, mask prediction,
+            k-means local attributes) lives in ``merit.adapter_training``.
+        adapter_heads (`int`, *optional*, defaults to 4):
+            Attention heads of the adapter.
+        adapter_ffn_size (`int`, *optional*, defaults to 512):
+            Feed-forward width of the adapter layers.
         normalize_input (`bool`, *optional*, defaults to `True`):
             Zero-mean, unit-variance normalise each utterance (valid samples only) before the
             backbone. The enhancement head always works on the raw input, so its output keeps
@@ -144,6 +153,9 @@ class MeritConfig(PretrainedConfig):
         win_length: int = 400,
         mag_compression: float = 0.3,
         se_sisdr_weight: float = 0.0,
+        adapter_layers: int = 0,
+        adapter_heads: int = 4,
+        adapter_ffn_size: int = 512,
         normalize_input: bool = True,
         freeze_feature_encoder: bool = True,
         freeze_backbone: bool = False,
@@ -177,6 +189,8 @@ class MeritConfig(PretrainedConfig):
             )
         if hop_length > win_length or win_length > n_fft:
             raise ValueError("Need hop_length <= win_length <= n_fft for the SE STFT.")
+        if adapter_layers and hidden_size % adapter_heads:
+            raise ValueError(f"hidden_size {hidden_size} must be divisible by adapter_heads.")
         if "id2label" not in kwargs and "num_labels" not in kwargs:
             kwargs["id2label"] = dict(enumerate(DEFAULT_EMOTIONS))
         if "id2label" in kwargs and "label2id" not in kwargs and kwargs["id2label"] is not None:
@@ -204,6 +218,9 @@ class MeritConfig(PretrainedConfig):
         self.win_length = win_length
         self.mag_compression = mag_compression
         self.se_sisdr_weight = se_sisdr_weight
+        self.adapter_layers = adapter_layers
+        self.adapter_heads = adapter_heads
+        self.adapter_ffn_size = adapter_ffn_size
         self.normalize_input = normalize_input
         self.freeze_feature_encoder = freeze_feature_encoder
         self.freeze_backbone = freeze_backbone

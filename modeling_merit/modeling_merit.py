@@ -46,6 +46,8 @@ class MeritOutput(ModelOutput):
         routing_weights: per task, the gate weights of those experts (``0`` on padded frames).
         frame_mask: ``(batch, frames)``, 1 on the backbone frames that hold real audio.
         layer_weights: per task, the softmax weights given to each backbone layer.
+        task_representations: per task, the ``(batch, frames, hidden)`` representation fed to the
+            task head (only with ``output_task_representations=True``).
     """
 
     loss: torch.Tensor | None = None
@@ -60,6 +62,7 @@ class MeritOutput(ModelOutput):
     routing_weights: dict[str, torch.Tensor] | None = None
     frame_mask: torch.Tensor | None = None
     layer_weights: dict[str, torch.Tensor] | None = None
+    task_representations: dict[str, torch.Tensor] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,6 +203,47 @@ class MeritLayerIntegration(nn.Module):
         weights = self.layer_weights()[group]
         mixed = torch.einsum("l,lbtd->btd", weights, hidden_states)
         return self.projection(self.layer_norm(mixed))
+
+
+class WAPTransformerAdapter(nn.Module):
+    """Light transformer on the weighted-average-pooled (WAP) backbone layers.
+
+    From "An Efficient Transfer Learning Method Based on Adapter with Local Attributes for
+    SER": a frozen encoder stays shared, and this small transformer enriches the frame-level
+    representation for the downstream task at a fraction of the cost of fine-tuning the
+    encoder. Padded frames are excluded from attention.
+    """
+
+    def __init__(self, config: MeritConfig):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(
+            d_model=config.hidden_size,
+            nhead=config.adapter_heads,
+            dim_feedforward=config.adapter_ffn_size,
+            dropout=config.expert_dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.layers = nn.TransformerEncoder(
+            layer, num_layers=config.adapter_layers, enable_nested_tensor=False
+        )
+        self.mask_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        frame_mask: torch.Tensor,
+        masked_frames: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``masked_frames`` (bool, B x T) are replaced by the learned mask embedding: the
+        student branch of the adapter's mask-prediction pre-training."""
+        if masked_frames is not None:
+            hidden = torch.where(
+                masked_frames[..., None], self.mask_embedding.to(hidden.dtype), hidden
+            )
+        output = self.layers(hidden, src_key_padding_mask=~frame_mask.bool())
+        return output * frame_mask[..., None].to(output.dtype)
 
 
 class MeritExpert(nn.Module):
@@ -559,6 +603,7 @@ class MeritModel(MeritPreTrainedModel):
                     for task in config.tasks
                 }
             )
+        self.adapter = WAPTransformerAdapter(config) if config.adapter_layers else None
         self.task_norm = nn.LayerNorm(config.hidden_size)
         self.ser_head = MeritSERHead(config) if "ser" in config.tasks else None
         self.se_head = MeritSEHead(config) if "se" in config.tasks else None
@@ -687,6 +732,19 @@ class MeritModel(MeritPreTrainedModel):
         )
         return torch.stack(outputs.hidden_states, 0), frame_lengths
 
+    def _integrate(
+        self,
+        hidden_states: torch.Tensor,
+        group: int,
+        frame_mask: torch.Tensor,
+        masked_frames: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Weighted-average pooling of the backbone layers, then the optional adapter."""
+        integrated = self.integration(hidden_states, group)
+        if self.adapter is not None:
+            integrated = self.adapter(integrated, frame_mask, masked_frames)
+        return integrated
+
     # -- routing ------------------------------------------------------------------------------
 
     def _route(
@@ -736,6 +794,8 @@ class MeritModel(MeritPreTrainedModel):
         labels: torch.Tensor | None = None,
         clean_values: torch.Tensor | None = None,
         dimensions: torch.Tensor | None = None,
+        masked_frames: torch.Tensor | None = None,
+        output_task_representations: bool = False,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> MeritOutput:
@@ -747,6 +807,10 @@ class MeritModel(MeritPreTrainedModel):
             labels: emotion class ids ``(batch,)`` for the SER loss.
             clean_values: clean reference audio, same shape, for the SE loss.
             dimensions: dimensional targets ``(batch, len(config.dimension_names))``.
+            masked_frames: bool ``(batch, frames)``: frames the adapter replaces by its mask
+                embedding (adapter pre-training only).
+            output_task_representations: also return each task's frame representation (before
+                the experts' heads), for distillation and analysis.
         """
         config = self.config
         lengths = self._check_inputs(input_values, attention_mask, labels, clean_values)
@@ -778,7 +842,7 @@ class MeritModel(MeritPreTrainedModel):
         aux_loss = None
         layer_weights = self.integration.layer_weights()
         if config.routing == "shared":
-            integrated = self.integration(hidden_states, 0)
+            integrated = self._integrate(hidden_states, 0, frame_mask, masked_frames)
             shared = self.task_norm(integrated + self.shared_projection(integrated))
             shared = shared * frame_mask[..., None].to(shared.dtype)
             representations = {task: shared for task in config.tasks}
@@ -786,7 +850,7 @@ class MeritModel(MeritPreTrainedModel):
         else:
             weights_per_task = {}
             for group, task in enumerate(config.tasks):
-                integrated = self.integration(hidden_states, group)
+                integrated = self._integrate(hidden_states, group, frame_mask, masked_frames)
                 rep, idx, wts, aux = self._route(task, integrated, frame_mask)
                 representations[task] = rep
                 routing_indices[task] = idx
@@ -842,6 +906,7 @@ class MeritModel(MeritPreTrainedModel):
             routing_weights=routing_weights or None,
             frame_mask=frame_mask,
             layer_weights=weights_per_task,
+            task_representations=representations if output_task_representations else None,
         )
 
 

@@ -259,3 +259,28 @@ def test_config_validation():
         MeritConfig(backbone_config={"model_type": "bert"})
     with pytest.raises(ValueError, match="class_weights"):
         MeritConfig(backbone_config=tiny_backbone_config(), class_weights=[1.0])
+
+
+def test_wap_adapter_option_padding_invariant_and_maskable():
+    model = make_model(adapter_layers=2, adapter_heads=4).eval()
+    assert model.adapter is not None
+    x, mask = batch(lengths=(8000, 5200))
+    with torch.no_grad():
+        together = model(x, attention_mask=mask)
+        alone = model(x[1:, :5200])
+    torch.testing.assert_close(alone.logits, together.logits[1:], atol=1e-5, rtol=1e-4)
+    frames = together.frame_mask.shape[1]
+    masked = torch.zeros(2, frames, dtype=torch.bool)
+    masked[:, ::3] = True
+    with torch.no_grad():
+        hidden = model(x, attention_mask=mask, output_task_representations=True)
+        with_mask = model(
+            x, attention_mask=mask, masked_frames=masked, output_task_representations=True
+        )
+    assert not torch.allclose(
+        hidden.task_representations["ser"], with_mask.task_representations["ser"]
+    )
+    model.train()
+    out = model(x, attention_mask=mask, labels=torch.tensor([0, 1]), clean_values=x)
+    out.loss.backward()
+    assert model.adapter.layers.layers[0].linear1.weight.grad.abs().sum() > 0
