@@ -1,0 +1,292 @@
+"""Speed and memory of Sparse MERIT against its floor and its baselines, side by side.
+
+Every system is built on the same WavLM-base-size configuration (random weights, ~94 M
+backbone parameters, no download) and timed in this one run on the same input: 10 s of audio,
+batch 1 and batch 8, 2 threads, warm-up first, median of repeats. Peak memory is measured per
+system in a fresh subprocess (maximum resident set size after the forward pass, minus the
+resident size once the model and input exist), so one system's allocations cannot hide
+another's.
+
+    python benchmarks/speed.py            # full run (~10 minutes on 2 cores)
+    python benchmarks/speed.py --quick    # batch 1, fewer repeats
+
+Writes benchmarks/results/speed.md and speed.json with the command that made them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import WavLMConfig, WavLMForSequenceClassification, WavLMModel
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from modeling_merit import MeritConfig, MeritModel  # noqa: E402
+from modeling_merit.modeling_merit import MeritExpertPool  # noqa: E402
+
+SAMPLE_RATE = 16000
+SYSTEMS = ("backbone", "sparse", "dense", "naive-mtl", "hf-wavlm-cls", "cascade")
+
+
+def merit(routing: str = "sparse", tasks: tuple[str, ...] = ("ser", "se")) -> MeritModel:
+    config = MeritConfig(backbone_config=WavLMConfig(), routing=routing, tasks=list(tasks))
+    return MeritModel(config).eval()
+
+
+class Cascade(torch.nn.Module):
+    """SE pre-processing baseline: an SE model, then an SER model on its enhanced output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.se = merit(tasks=("se",))
+        self.ser = merit(tasks=("ser",))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ser(self.se(x).enhanced_waveform).logits
+
+
+class Backbone(torch.nn.Module):
+    """The floor: the backbone alone, returning all hidden states as MERIT needs them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = WavLMModel(WavLMConfig()).eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model(x, output_hidden_states=True).hidden_states
+
+
+def build(system: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if system == "backbone":
+        return Backbone().eval()
+    if system == "sparse":
+        return merit("sparse")
+    if system == "dense":
+        return merit("dense")
+    if system == "naive-mtl":
+        return merit("shared")
+    if system == "hf-wavlm-cls":
+        return WavLMForSequenceClassification(WavLMConfig(num_labels=4)).eval()
+    if system == "cascade":
+        return Cascade().eval()
+    raise ValueError(system)
+
+
+def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    with torch.inference_mode():
+        model(x)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_worker(system: str, batch: int, seconds: float) -> None:
+    """Runs in a fresh process: prints peak extra memory of one forward pass (MB)."""
+    torch.set_num_threads(2)
+    model = build(system)
+    x = torch.randn(batch, int(seconds * SAMPLE_RATE)) * 0.1
+    base = rss_mb()
+    with torch.inference_mode():
+        model(x)
+    print(json.dumps({"base_mb": base, "peak_mb": rss_mb()}))
+
+
+def measure_memory(system: str, batch: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-worker", system, str(batch), str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"peak_mb": data["peak_mb"], "forward_mb": data["peak_mb"] - data["base_mb"]}
+
+
+def expert_layer_ratio(repeats: int) -> dict[str, float]:
+    """The expert layer alone: 8 experts, top-2 dispatch against the dense softmax mixture."""
+    config = MeritConfig(backbone_config=WavLMConfig(), num_experts=8, router_top_k=2)
+    torch.manual_seed(0)
+    pool = MeritExpertPool(config).eval()
+    tokens = torch.randn(8 * 499, config.hidden_size)  # batch 8 x 10 s of 20 ms frames
+    logits = torch.randn(tokens.shape[0], config.num_experts)
+    top, idx = logits.topk(2, dim=-1)
+    sparse_w = top.softmax(-1)
+    dense_idx = torch.arange(8).expand(tokens.shape[0], -1)
+    dense_w = logits.softmax(-1)
+
+    def run(indices: torch.Tensor, weights: torch.Tensor) -> float:
+        with torch.inference_mode():
+            pool(tokens, indices, weights)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                pool(tokens, indices, weights)
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    sparse, dense = run(idx, sparse_w), run(dense_idx, dense_w)
+    return {"sparse_s": sparse, "dense_s": dense, "dense_over_sparse": dense / sparse}
+
+
+def training_throughput(steps: int, batch: int, seconds: float) -> dict[str, float]:
+    """Samples per second of Sparse MERIT and WavLMForSequenceClassification, same Trainer."""
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    n = steps * batch
+    gen = torch.Generator().manual_seed(0)
+    audio = (torch.randn(n, int(seconds * SAMPLE_RATE), generator=gen) * 0.1).tolist()
+    dataset = Dataset.from_dict({"input_values": audio, "labels": [i % 4 for i in range(n)]})
+    dataset = dataset.with_format("torch")
+    results = {}
+    for name, model in (
+        ("sparse", merit("sparse").train()),
+        ("hf-wavlm-cls", WavLMForSequenceClassification(WavLMConfig(num_labels=4)).train()),
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            args = TrainingArguments(
+                output_dir=tmp,
+                per_device_train_batch_size=batch,
+                max_steps=steps,
+                report_to=[],
+                save_strategy="no",
+                logging_strategy="no",
+                disable_tqdm=True,
+                use_cpu=True,
+                dataloader_num_workers=0,
+            )
+            trainer = Trainer(model=model, args=args, train_dataset=dataset)
+            start = time.perf_counter()
+            trainer.train()
+            elapsed = time.perf_counter() - start
+        results[name] = n / elapsed
+    results["sparse_over_hf"] = results["sparse"] / results["hf-wavlm-cls"]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 1 only, fewer repeats")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--memory-worker", nargs=3, metavar=("SYSTEM", "BATCH", "SECONDS"))
+    args = parser.parse_args()
+    if args.memory_worker:
+        system, batch, seconds = args.memory_worker
+        memory_worker(system, int(batch), float(seconds))
+        return
+
+    torch.set_num_threads(2)
+    batches = (1,) if args.quick else (1, 8)
+    repeats = 3 if args.quick else args.repeats
+    rows: dict[str, dict] = {}
+    for batch in batches:
+        x = torch.randn(batch, int(args.seconds * SAMPLE_RATE)) * 0.1
+        for system in SYSTEMS:
+            model = build(system)
+            seconds = time_forward(model, x, repeats if batch == 1 else max(2, repeats // 2))
+            del model
+            memory = measure_memory(system, batch, args.seconds)
+            rows.setdefault(system, {})[f"b{batch}"] = {"seconds": seconds, **memory}
+            print(f"batch {batch} {system:>13}: {seconds:.3f} s, peak {memory['peak_mb']:.0f} MB")
+
+    ratios = {}
+    for batch in batches:
+        key = f"b{batch}"
+        t = {name: rows[name][key]["seconds"] for name in SYSTEMS}
+        ratios[key] = {
+            "sparse_over_backbone": t["sparse"] / t["backbone"],
+            "cascade_over_sparse": t["cascade"] / t["sparse"],
+            "dense_over_sparse": t["dense"] / t["sparse"],
+            "naive_over_sparse": t["naive-mtl"] / t["sparse"],
+            "hf_cls_over_backbone": t["hf-wavlm-cls"] / t["backbone"],
+        }
+    layer = expert_layer_ratio(repeats=10)
+    train = training_throughput(steps=3 if args.quick else 6, batch=2, seconds=4.0)
+
+    command = "python benchmarks/" + " ".join([Path(__file__).name, *sys.argv[1:]])
+    report = {
+        "command": command,
+        "threads": 2,
+        "audio_seconds": args.seconds,
+        "systems": rows,
+        "ratios": ratios,
+        "expert_layer": layer,
+        "training_samples_per_second": train,
+        "targets": {
+            "sparse_over_backbone <= 1.10": {
+                k: v["sparse_over_backbone"] <= 1.10 for k, v in ratios.items()
+            },
+            "cascade_over_sparse >= 1.8": {
+                k: v["cascade_over_sparse"] >= 1.8 for k, v in ratios.items()
+            },
+            "expert layer dense/sparse >= 2": layer["dense_over_sparse"] >= 2.0,
+        },
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        "# Speed and memory (benchmarks/speed.py)",
+        "",
+        f"Command: `{command}`; WavLM-base-size random weights, {args.seconds:g} s of audio, "
+        "2 threads, median of repeats after warm-up; memory = peak RSS of a fresh process "
+        "(forward = growth during the forward pass).",
+        "",
+        "| system | " + " | ".join(f"batch {b}: s / peak MB / forward MB" for b in batches) + " |",
+        "|---|" + "---|" * len(batches),
+    ]
+    for system in SYSTEMS:
+        cells = [
+            f"{rows[system][f'b{b}']['seconds']:.3f} / {rows[system][f'b{b}']['peak_mb']:.0f}"
+            f" / {rows[system][f'b{b}']['forward_mb']:.0f}"
+            for b in batches
+        ]
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    lines += ["", "| ratio | " + " | ".join(f"batch {b}" for b in batches) + " | target |"]
+    lines.append("|---|" + "---|" * (len(batches) + 1))
+    targets = {
+        "sparse_over_backbone": "<= 1.10",
+        "cascade_over_sparse": ">= 1.8",
+        "dense_over_sparse": "",
+        "naive_over_sparse": "",
+        "hf_cls_over_backbone": "",
+    }
+    for name, target in targets.items():
+        cells = [f"{ratios[f'b{b}'][name]:.3f}" for b in batches]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {target} |")
+    lines += [
+        "",
+        f"Expert layer alone (8 experts, {8 * 499} frames): top-2 dispatch "
+        f"{layer['sparse_s'] * 1000:.1f} ms, dense mixture {layer['dense_s'] * 1000:.1f} ms, "
+        f"dense/sparse = {layer['dense_over_sparse']:.2f} (target >= 2).",
+        "",
+        f"Training throughput (same Trainer, batch 2 x 4 s): Sparse MERIT "
+        f"{train['sparse']:.2f} samples/s, WavLMForSequenceClassification "
+        f"{train['hf-wavlm-cls']:.2f} samples/s (ratio {train['sparse_over_hf']:.2f}).",
+    ]
+    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

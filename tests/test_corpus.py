@@ -1,0 +1,434 @@
+"""Tests for the embedded synthetic corpus (merit.corpus), on tiny corpora so they stay fast."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy import signal
+
+from merit import corpus
+
+TINY = dict(num_speakers=6, num_sentences=4, noise_seconds=1.0, progress=False)
+# Smallest valid corpus: 3 speakers (one per split), 1 sentence in 4 emotions each.
+MICRO = dict(
+    num_speakers=3, num_sentences=1, utterances_per_speaker=4, noise_seconds=0.25, progress=False
+)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return corpus.build_corpus(tmp_path_factory.mktemp("tiny") / "corpus", seed=0, **TINY)
+
+
+# ------------------------------------------------------------------------------------------
+# Built corpus: layout, metadata, splits
+# ------------------------------------------------------------------------------------------
+
+
+def test_metadata_matches_files_on_disk(tiny: Path) -> None:
+    rows = _read_csv(tiny / "metadata.csv")
+    assert list(rows[0]) == ["file_name", "label", "speaker", "sentence_id", "split"]
+    # 6 speakers x 4 sentences (min(4, 20)) x 4 emotions
+    assert len(rows) == 96
+    on_disk = {str(p.relative_to(tiny)) for s in corpus.SPLITS for p in (tiny / s).glob("*.wav")}
+    assert on_disk == {r["file_name"] for r in rows}
+    for r in rows:
+        split, name = r["file_name"].split("/")
+        assert split == r["split"]
+        assert name == f"{r['label']}_{r['speaker']}_s{int(r['sentence_id']):03d}.wav"
+    info = json.loads((tiny / "corpus.json").read_text())
+    assert info["counts"]["utterances"] == 96
+    assert info["params"]["utterances_per_speaker"] == 16
+    assert (tiny / "README.md").read_text().startswith("# merit default corpus")
+
+
+def test_audio_is_16k_mono_pcm16_and_not_silent(tiny: Path) -> None:
+    for r in _read_csv(tiny / "metadata.csv")[::7]:
+        info = sf.info(tiny / r["file_name"])
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        x, _ = sf.read(tiny / r["file_name"], dtype="float32")
+        assert 0.5 < x.size / 16000 < 8.0
+        assert np.sqrt(np.mean(x**2)) > 0.005
+        assert np.max(np.abs(x)) < 0.999  # headroom: no clipping
+
+
+def test_splits_are_speaker_disjoint_and_contain_every_class(tiny: Path) -> None:
+    rows = _read_csv(tiny / "metadata.csv")
+    speakers: dict[str, set[str]] = defaultdict(set)
+    labels: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        speakers[r["split"]].add(r["speaker"])
+        labels[r["split"]].add(r["label"])
+    assert {s: len(v) for s, v in speakers.items()} == {"train": 4, "validation": 1, "test": 1}
+    assert not speakers["train"] & speakers["validation"]
+    assert not speakers["train"] & speakers["test"]
+    assert not speakers["validation"] & speakers["test"]
+    assert all(labels[s] == set(corpus.EMOTIONS) for s in corpus.SPLITS)
+
+
+def test_each_speaker_says_the_same_sentences_in_every_emotion(tiny: Path) -> None:
+    said: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in _read_csv(tiny / "metadata.csv"):
+        said[(r["speaker"], r["label"])].add(r["sentence_id"])
+    for spk in {s for s, _ in said}:
+        assert len({frozenset(said[(spk, e)]) for e in corpus.EMOTIONS}) == 1
+
+
+def test_default_split_is_14_3_3_with_both_genders_held_out() -> None:
+    speakers = corpus._plan_speakers(0, 20)
+    by_split: dict[str, list] = defaultdict(list)
+    for s in speakers:
+        by_split[s.split].append(s)
+    assert {k: len(v) for k, v in by_split.items()} == {"train": 14, "validation": 3, "test": 3}
+    assert {s.voice.gender for s in by_split["test"]} == {"male", "female"}
+    assert {s.voice.gender for s in by_split["validation"]} == {"male", "female"}
+
+
+def test_noise_bank_layout_and_levels(tiny: Path) -> None:
+    rows = _read_csv(tiny / "noise" / "noise.csv")
+    assert list(rows[0]) == ["file_name", "noise_type", "split"]
+    assert len(rows) == len(corpus.NOISE_TYPES) * corpus.NOISE_FILES_PER_TYPE
+    for r in rows:
+        expected = "seen" if r["noise_type"] in corpus.SEEN_NOISES else "unseen"
+        assert r["split"] == expected
+        assert r["file_name"].startswith(f"{expected}/{r['noise_type']}_")
+        x, sr = sf.read(tiny / "noise" / r["file_name"], dtype="float64")
+        assert (sr, x.ndim, x.size) == (16000, 1, 16000)
+        rms = np.sqrt(np.mean(x**2))
+        if r["noise_type"] == "clicks":  # peak-limited, so quieter than NOISE_RMS
+            assert rms <= corpus.NOISE_RMS + 1e-3
+            assert np.max(np.abs(x)) == pytest.approx(corpus.PEAK_LIMIT, abs=1e-3)
+        else:
+            assert rms == pytest.approx(corpus.NOISE_RMS, rel=0.02)
+    assert not set(corpus.SEEN_NOISES) & set(corpus.UNSEEN_NOISES)
+    assert set(corpus.SEEN_NOISES) | set(corpus.UNSEEN_NOISES) == set(corpus.NOISE_TYPES)
+
+
+# ------------------------------------------------------------------------------------------
+# Determinism, caching, atomic builds
+# ------------------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_bytes(tiny: Path, tmp_path: Path) -> None:
+    again = corpus.build_corpus(tmp_path / "again", seed=0, **TINY)
+    assert _hashes(again) == _hashes(tiny)
+
+
+def test_different_seed_gives_different_audio(tiny: Path, tmp_path: Path) -> None:
+    other = corpus.build_corpus(tmp_path / "other", seed=1, **TINY)
+    audio = {k: v for k, v in _hashes(tiny).items() if k.endswith(".wav")}
+    audio_other = {k: v for k, v in _hashes(other).items() if k.endswith(".wav")}
+    assert len(audio) == len(audio_other)
+    assert not set(audio.values()) & set(audio_other.values())
+
+
+def test_ensure_corpus_reuses_then_rebuilds_on_changed_params(tmp_path, monkeypatch) -> None:
+    calls = []
+    real_build = corpus.build_corpus
+
+    def counting_build(*args, **kwargs):
+        calls.append(kwargs)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(corpus, "build_corpus", counting_build)
+    root = tmp_path / "cache"
+    assert corpus.ensure_corpus(root, seed=0, **MICRO) == root
+    stamp = (root / "corpus.json").stat().st_mtime_ns
+    assert corpus.ensure_corpus(root, seed=0, **MICRO) == root
+    assert len(calls) == 1
+    assert (root / "corpus.json").stat().st_mtime_ns == stamp
+
+    corpus.ensure_corpus(root, seed=3, **MICRO)
+    assert len(calls) == 2
+    assert json.loads((root / "corpus.json").read_text())["params"]["seed"] == 3
+    assert len(_read_csv(root / "metadata.csv")) == 12
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # no temp folders left behind
+
+
+def test_build_refuses_to_clobber_without_overwrite(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not empty"):
+        corpus.build_corpus(root, **MICRO)
+    assert (root / "precious.txt").read_text() == "keep me"
+    corpus.build_corpus(root, overwrite=True, **MICRO)
+    assert not (root / "precious.txt").exists()
+    assert (root / "corpus.json").is_file()
+
+
+def test_interrupted_build_leaves_nothing_at_root(tmp_path, monkeypatch) -> None:
+    def crash(root, params, progress):
+        (root / "train").mkdir(parents=True)
+        (root / "train" / "half.wav").write_bytes(b"RIFF")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(corpus, "_build_into", crash)
+    with pytest.raises(KeyboardInterrupt):
+        corpus.build_corpus(tmp_path / "c", **MICRO)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_corpus_dir(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MERIT_CORPUS_DIR", str(tmp_path / "here"))
+    assert corpus.default_corpus_dir() == tmp_path / "here"
+    monkeypatch.delenv("MERIT_CORPUS_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert corpus.default_corpus_dir() == tmp_path / ".cache" / "merit" / "corpus-v1"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"num_speakers": 2}, "num_speakers"),
+        ({"num_speakers": len(corpus.CORPUS_VOICES) + 1}, "num_speakers"),
+        ({"num_sentences": 0}, "num_sentences"),
+        ({"num_sentences": len(corpus.SENTENCES) + 1}, "num_sentences"),
+        ({"utterances_per_speaker": 6}, "multiple"),
+        ({"utterances_per_speaker": 0}, "multiple"),
+        ({"emotions": ("neutral", "bored")}, "bored"),
+        ({"emotions": ()}, "emotions"),
+        ({"noise_seconds": 0.0}, "noise_seconds"),
+        ({"noise_seconds": float("nan")}, "noise_seconds"),
+    ],
+)
+def test_bad_build_parameters(tmp_path: Path, override: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        corpus.build_corpus(tmp_path / "c", **{**MICRO, **override})
+    assert not (tmp_path / "c").exists()
+
+
+def test_cli_builds_and_reports_counts(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli"
+    argv = ["--out", str(out), "--num-speakers", "3", "--num-sentences", "1"]
+    argv += ["--utterances-per-speaker", "4", "--noise-seconds", "0.25", "--no-progress"]
+    assert corpus._main(argv) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed
+    assert "utterances: 12" in printed and "noise_files: 14" in printed
+    with pytest.raises(SystemExit):
+        corpus._main(["--out", str(tmp_path / "bad"), "--num-speakers", "1"])
+
+
+# ------------------------------------------------------------------------------------------
+# eSpeak synthesis and emotion prosody
+# ------------------------------------------------------------------------------------------
+
+
+def _median_f0(x: np.ndarray, sr: int = 16000) -> float:
+    """Autocorrelation pitch of the louder half of 40 ms frames (speech here is 60-400 Hz)."""
+    n = int(0.04 * sr)
+    frames = np.lib.stride_tricks.sliding_window_view(x, n)[:: n // 2]
+    energy = (frames**2).mean(axis=1)
+    lo, hi = sr // 400, sr // 60
+    f0 = []
+    for fr in frames[energy > np.median(energy)]:
+        fr = fr - fr.mean()
+        ac = np.correlate(fr, fr, "full")[n - 1 :]
+        f0.append(sr / (lo + np.argmax(ac[lo:hi])))
+    return float(np.median(f0))
+
+
+def _say(emotion: str, voice: str = "en-us+m3") -> np.ndarray:
+    p = corpus.emotion_prosody(emotion)
+    return corpus.synthesize(corpus.SENTENCES[0], voice, p.rate, p.pitch, p.pitch_range, p.volume)
+
+
+def test_emotion_prosody_changes_duration_loudness_and_pitch() -> None:
+    audio = {e: _say(e) for e in corpus.EMOTIONS}
+    dur = {e: x.size / 16000 for e, x in audio.items()}
+    rms = {e: float(np.sqrt(np.mean(x**2))) for e, x in audio.items()}
+    f0 = {e: _median_f0(x) for e, x in audio.items()}
+    assert dur["sad"] > dur["neutral"] > dur["happy"] > dur["angry"]
+    assert dur["sad"] > 1.15 * dur["neutral"]
+    assert rms["angry"] > rms["happy"] > rms["neutral"] > rms["sad"]
+    assert rms["angry"] > 1.5 * rms["sad"]
+    assert f0["happy"] > f0["angry"] > f0["neutral"] > f0["sad"]
+    assert 70 < f0["neutral"] < 150  # a male voice
+
+
+def test_synthesize_is_order_independent() -> None:
+    # eSpeak keeps static state across utterances; the engine must reset it every time.
+    first = corpus.synthesize("Hello there, how are you?", "en+f2", seed=7)
+    corpus.synthesize("Something else entirely.", "en-us+m7", rate=300, pitch=90)
+    again = corpus.synthesize("Hello there, how are you?", "en+f2", seed=7)
+    assert first.dtype == np.float32
+    np.testing.assert_array_equal(first, again)
+
+
+def test_every_corpus_and_babble_voice_speaks() -> None:
+    names = [v.name for v in corpus.CORPUS_VOICES] + list(corpus.BABBLE_VOICES)
+    assert len(set(names)) == len(names)
+    assert len(corpus.CORPUS_VOICES) >= 20 and len(corpus.SENTENCES) >= 50
+    for name in names:
+        x = corpus.synthesize("Good morning.", name)
+        assert np.sqrt(np.mean(x**2)) > 0.005, name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"text": ""}, "non-empty"),
+        ({"text": "   "}, "non-empty"),
+        ({"voice": "en+nosuchvariant"}, "variant"),
+        ({"voice": "xx-not-a-language"}, "unknown eSpeak voice"),
+        ({"rate": 10}, "rate"),
+        ({"pitch": 101}, "pitch"),
+        ({"pitch_range": float("nan")}, "pitch_range"),
+        ({"volume": -1}, "volume"),
+    ],
+)
+def test_synthesize_rejects_bad_input(kwargs: dict, message: str) -> None:
+    args = {"text": "Hello.", "voice": "en-us", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        corpus.synthesize(**args)
+
+
+def test_emotion_prosody_centre_jitter_and_limits() -> None:
+    assert corpus.emotion_prosody("sad") == corpus.PROSODY["sad"]
+    shifted = corpus.emotion_prosody("neutral", pitch_offset=5, rate_offset=-10)
+    assert (shifted.pitch, shifted.rate) == (53.0, 155.0)
+    a = corpus.emotion_prosody("happy", np.random.default_rng(0))
+    b = corpus.emotion_prosody("happy", np.random.default_rng(0))
+    c = corpus.emotion_prosody("happy", np.random.default_rng(1))
+    assert a == b and a != c
+    extreme = corpus.emotion_prosody("happy", pitch_offset=1000, range_offset=-1000)
+    assert (extreme.pitch, extreme.pitch_range) == (100.0, 0.0)
+    with pytest.raises(ValueError, match="unknown emotion"):
+        corpus.emotion_prosody("bored")
+
+
+def test_tilt_brightens_or_darkens_and_keeps_low_frequencies() -> None:
+    x = np.random.default_rng(0).standard_normal(32000).astype(np.float32)
+
+    def high_share(y: np.ndarray) -> float:
+        f, p = signal.welch(y, fs=16000, nperseg=1024)
+        return p[f > 4000].sum() / p.sum()
+
+    assert (
+        high_share(corpus._apply_tilt(x, 0.4))
+        > high_share(x)
+        > high_share(corpus._apply_tilt(x, -0.4))
+    )
+    dc = np.ones(100, np.float32)
+    for tilt in (-0.4, 0.0, 0.4):
+        assert corpus._apply_tilt(dc, tilt)[-1] == pytest.approx(1.0, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# Noise synthesis
+# ------------------------------------------------------------------------------------------
+
+SR = 16000
+
+
+def _noise(kind: str, seconds: float = 4.0, seed: int = 0) -> np.ndarray:
+    return corpus.synthesize_noise(kind, int(seconds * SR), SR, np.random.default_rng(seed))
+
+
+def _psd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return signal.welch(x, fs=SR, nperseg=4096)
+
+
+def _slope(x: np.ndarray) -> float:
+    """log-log slope of the PSD between 100 Hz and 4 kHz: 0 white, -1 pink, -2 brown."""
+    f, p = _psd(x)
+    band = (f >= 100) & (f <= 4000)
+    return float(np.polyfit(np.log10(f[band]), np.log10(p[band]), 1)[0])
+
+
+def _share_below(x: np.ndarray, hz: float) -> float:
+    f, p = _psd(x)
+    return float(p[f < hz].sum() / p.sum())
+
+
+@pytest.mark.parametrize("kind", corpus.NOISE_TYPES)
+def test_noise_is_float32_normalised_and_seeded(kind: str) -> None:
+    x = _noise(kind, 1.0)
+    assert x.dtype == np.float32 and x.shape == (SR,)
+    assert np.all(np.isfinite(x)) and np.max(np.abs(x)) <= corpus.PEAK_LIMIT + 1e-6
+    assert abs(float(x.mean())) < 1e-3
+    rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+    if kind == "clicks":
+        assert rms < corpus.NOISE_RMS
+    else:
+        assert rms == pytest.approx(corpus.NOISE_RMS, rel=1e-3)
+    np.testing.assert_array_equal(x, _noise(kind, 1.0))
+    assert not np.array_equal(x, _noise(kind, 1.0, seed=1))
+
+
+def test_coloured_noise_slopes() -> None:
+    white, pink, brown = (_noise(k) for k in ("white", "pink", "brown"))
+    assert _slope(white) == pytest.approx(0.0, abs=0.15)
+    assert _slope(pink) == pytest.approx(-1.0, abs=0.15)
+    assert _slope(brown) == pytest.approx(-2.0, abs=0.2)
+    assert _share_below(pink, 500) > _share_below(white, 500) * 3
+    assert _share_below(brown, 500) > _share_below(pink, 500)
+
+
+def test_hum_peaks_at_50_hz_and_is_harmonic() -> None:
+    x = _noise("hum")
+    f, p = signal.welch(x, fs=SR, nperseg=SR)  # 1 Hz bins
+    assert f[np.argmax(p)] == pytest.approx(50.0, abs=1.0)
+    harmonic = np.zeros_like(f, dtype=bool)
+    for k in range(1, 9):
+        harmonic |= np.abs(f - 50 * k) <= 2
+    assert p[harmonic].sum() / p.sum() > 0.95
+
+
+def test_rumble_is_low_frequency_and_clicks_are_impulsive() -> None:
+    assert _share_below(_noise("rumble"), 300) > 0.95
+
+    def kurtosis(y: np.ndarray) -> float:
+        y = y.astype(np.float64) - y.mean()
+        return float(np.mean(y**4) / np.mean(y**2) ** 2)
+
+    assert kurtosis(_noise("white")) == pytest.approx(3.0, abs=0.2)
+    assert kurtosis(_noise("clicks")) > 30
+
+
+def test_babble_is_speech_like() -> None:
+    babble, white = _noise("babble"), _noise("white")
+    f, p = _psd(babble)
+    speech_band = (f >= 80) & (f <= 4000)
+    assert p[speech_band].sum() / p.sum() > 0.8
+
+    def envelope_variation(y: np.ndarray) -> float:
+        frames = y[: y.size // 800 * 800].reshape(-1, 800)  # 50 ms
+        rms = np.sqrt((frames.astype(np.float64) ** 2).mean(axis=1))
+        return float(rms.std() / rms.mean())
+
+    assert envelope_variation(babble) > 3 * envelope_variation(white)
+
+
+def test_noise_rejects_bad_input() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="unknown noise kind"):
+        corpus.synthesize_noise("purple", 100, SR, rng)
+    with pytest.raises(ValueError, match="num_samples"):
+        corpus.synthesize_noise("white", 0, SR, rng)
+    with pytest.raises(ValueError, match="sample_rate"):
+        corpus.synthesize_noise("white", 100, 0, rng)
+    with pytest.raises(ValueError, match="16000"):
+        corpus.synthesize_noise("babble", 100, 8000, rng)
