@@ -23,6 +23,7 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioError",
     "audio_info",
+    "check_waveform",
     "load_audio",
     "prepare_waveform",
     "write_audio",
@@ -98,43 +99,44 @@ def load_audio(
     target, name = _open_target(source)
     try:
         data, sr = sf.read(target, start=start, stop=stop, dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, TypeError) as err:
+    except (sf.SoundFileError, RuntimeError) as err:
         raise AudioError(f"{name}: cannot read audio ({err})") from err
     # soundfile returns (frames, channels); the mean is the usual mono mix-down.
     return _finish(data.mean(axis=1), sr, target_sr, name)
 
 
-def _as_float32(array: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    """Convert to float32, scaling integer PCM (e.g. gradio's int16 arrays) to [-1, 1]."""
+def check_waveform(array: np.ndarray | torch.Tensor, name: str = "waveform") -> np.ndarray:
+    """Return ``array`` as float32, rejecting empty and non-finite audio.
+
+    Empty or NaN/inf audio would silently poison losses and metrics downstream, so it stops
+    here with the name of the culprit. Integer PCM (e.g. gradio's int16 arrays) is scaled to
+    [-1, 1].
+    """
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
     if np.issubdtype(array.dtype, np.signedinteger):
-        return (array / float(2 ** (8 * array.itemsize - 1))).astype(np.float32)
-    if np.issubdtype(array.dtype, np.unsignedinteger):
+        array = array / float(2 ** (8 * array.itemsize - 1))
+    elif np.issubdtype(array.dtype, np.unsignedinteger):
         half = float(2 ** (8 * array.itemsize - 1))
-        return ((array - half) / half).astype(np.float32)
-    if np.issubdtype(array.dtype, np.floating):
-        return array.astype(np.float32, copy=False)
-    raise AudioError(f"{name}: unsupported sample type {array.dtype}")
-
-
-def _check_samples(array: np.ndarray, name: str) -> None:
-    """Reject empty and non-finite audio, which would silently poison losses and metrics."""
+        array = (array - half) / half
+    elif not np.issubdtype(array.dtype, np.floating):
+        raise AudioError(f"{name}: unsupported sample type {array.dtype}")
+    array = array.astype(np.float32, copy=False)
     if array.size == 0:
         raise AudioError(f"{name}: audio is empty (0 samples)")
     if not np.isfinite(array).all():
         raise AudioError(f"{name}: audio contains NaN or infinite samples")
+    return array
 
 
 def _finish(mono: np.ndarray, sr: int, target_sr: int, name: str) -> np.ndarray:
     """Check a mono signal and resample it; shared by file and in-memory inputs."""
-    _check_samples(mono, name)
+    mono = check_waveform(mono, name)
     if int(sr) <= 0 or int(target_sr) <= 0:
         raise AudioError(f"{name}: invalid sampling rate {sr} -> {target_sr}")
     if int(sr) != int(target_sr):
-        resampled = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), int(sr), target_sr)
-        mono = resampled.numpy()
+        mono = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), int(sr), target_sr).numpy()
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
@@ -151,7 +153,7 @@ def prepare_waveform(
     channel axis (audio has far more samples than channels; a square array counts as
     channels-first). Integer PCM is scaled to [-1, 1].
     """
-    array = _as_float32(array, name)
+    array = check_waveform(array, name)
     if array.ndim == 2:
         channel_axis = 0 if array.shape[0] <= array.shape[1] else 1
         array = array.mean(axis=channel_axis)
@@ -167,9 +169,8 @@ def write_audio(path: str | os.PathLike, array: np.ndarray | torch.Tensor, sr: i
     opposite sign in int16; clipping keeps the damage to a flat top instead.
     """
     name = str(path)
-    data = _as_float32(array, name)
+    data = check_waveform(array, name)
     if data.ndim not in (1, 2):
         raise AudioError(f"{name}: expected (samples,) or (samples, channels), got {data.shape}")
-    _check_samples(data, name)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), np.clip(data, -1.0, 1.0), int(sr), subtype="PCM_16")
