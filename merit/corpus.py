@@ -35,11 +35,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio.functional as AF
 from scipy import signal
 from tqdm.auto import tqdm
+
+from .audio import write_audio
 
 __all__ = [
     "BABBLE_VOICES",
@@ -731,14 +732,6 @@ def _plan_sentences(seed: int, num_speakers: int, num_sentences: int, per_speake
     ]
 
 
-def _to_pcm16(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
-
-
-def _write_wav(path: Path, x: np.ndarray) -> None:
-    sf.write(path, _to_pcm16(x), SAMPLE_RATE, subtype="PCM_16")
-
-
 def _render_utterance(seed: int, speaker_idx: int, speaker: _Speaker, sentence: int, emotion: str):
     """Audio for one (speaker, sentence, emotion): seeded by its identity only, so the result
     does not depend on build order."""
@@ -846,7 +839,7 @@ def _build_into(root: Path, params: dict, progress: bool) -> dict:
     ) as bar:
         for idx, spk, sent, emo in jobs:
             name = f"{spk.split}/{emo}_{spk.id}_s{sent:03d}.wav"
-            _write_wav(root / name, _render_utterance(seed, idx, spk, sent, emo))
+            write_audio(root / name, _render_utterance(seed, idx, spk, sent, emo), SAMPLE_RATE)
             rows.append((name, emo, spk.id, sent, spk.split))
             bar.update()
         noise_rows = []
@@ -855,7 +848,9 @@ def _build_into(root: Path, params: dict, progress: bool) -> dict:
             split = "seen" if kind in SEEN_NOISES else "unseen"
             rng = np.random.default_rng([seed, 5, NOISE_TYPES.index(kind), k])
             name = f"noise/{split}/{kind}_{k}.wav"
-            _write_wav(root / name, synthesize_noise(kind, num_samples, SAMPLE_RATE, rng))
+            write_audio(
+                root / name, synthesize_noise(kind, num_samples, SAMPLE_RATE, rng), SAMPLE_RATE
+            )
             noise_rows.append((name[len("noise/") :], kind, split))
             bar.update()
 
