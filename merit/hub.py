@@ -1,0 +1,550 @@
+"""Model cards and publishing to the Hugging Face Hub.
+
+The card is rendered from the top-level ``model_card.md`` template so that wording lives in one
+editable Markdown file, while the numbers and metadata come from the training run. Publishing
+checks that the folder loads on its own (``trust_remote_code``, without this repository's
+``modeling_merit`` importable) before anything is uploaded: a repository that only loads on the
+author's machine is worse than none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "MODEL_FILES",
+    "SPACE_FILES",
+    "PublishError",
+    "main",
+    "publish",
+    "render_model_card",
+    "set_card_model_id",
+    "stage_space",
+    "verify_standalone",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The card template; it sits at the top level so it is easy to find and edit.
+DEFAULT_TEMPLATE = REPO_ROOT / "model_card.md"
+
+#: Files a trained folder must hold to load with ``trust_remote_code`` alone.
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "configuration_merit.py",
+    "modeling_merit.py",
+    "feature_extraction_merit.py",
+)
+
+#: What the Space needs: ``app.py`` and the modules it imports (the UI, inference, audio, and
+#: ``modeling_merit``, which ``merit.inference`` imports for its types).
+SPACE_FILES = (
+    "app.py",
+    "requirements.txt",
+    "merit/__init__.py",
+    "merit/app.py",
+    "merit/audio.py",
+    "merit/inference.py",
+    "modeling_merit/__init__.py",
+    "modeling_merit/configuration_merit.py",
+    "modeling_merit/feature_extraction_merit.py",
+    "modeling_merit/modeling_merit.py",
+)
+#: Training leftovers that do not belong in a model repository.
+IGNORE_PATTERNS = ("checkpoint-*", "runs", "*.pt", "*.bin", "*.tmp", ".*", "__pycache__")
+
+VARIANT_DESCRIPTIONS = {
+    "sparse": "Sparse MERIT: each frame goes to the top-k experts of its task's gate.",
+    "dense": "Dense MERIT: each frame is a softmax mixture of all experts.",
+    "naive-mtl": "Naive multi-task baseline: one shared representation, no experts or gates.",
+    "ser-only": "Single-task baseline: emotion recognition only (no enhancement head).",
+    "se-only": "Single-task baseline: speech enhancement only (no emotion head).",
+}
+
+#: Metrics that go into the card's ``model-index``:
+#: name -> (metric type, display name, task type, task name).
+_INDEX_METRICS = {
+    "accuracy": ("accuracy", "Accuracy", "audio-classification", "Speech emotion recognition"),
+    "f1_macro": ("f1", "F1 (macro)", "audio-classification", "Speech emotion recognition"),
+    "uar": ("recall", "UAR (macro recall)", "audio-classification", "Speech emotion recognition"),
+    "ccc": ("ccc", "CCC", "audio-classification", "Speech emotion recognition"),
+    "ssnr": ("ssnr", "Segmental SNR (dB)", "audio-to-audio", "Speech enhancement"),
+    "pesq": ("pesq", "PESQ (wide-band)", "audio-to-audio", "Speech enhancement"),
+    "stoi": ("stoi", "STOI", "audio-to-audio", "Speech enhancement"),
+    "si_sdr": ("si-sdr", "SI-SDR (dB)", "audio-to-audio", "Speech enhancement"),
+}
+#: Metric keys as the training script writes them: ``[test_|eval_][condition_]metric[_suffix]``
+#: (``test_seen_0dB_ssnr_enhanced``, ``eval_f1_macro``). ``_noisy`` values describe the
+#: unprocessed input, not the model, so they match nothing and stay out of the model-index.
+_METRIC_KEY = re.compile(
+    r"(?:(?P<split>test|eval)_)?(?:(?P<condition>.+?)_)?"
+    rf"(?P<metric>{'|'.join(_INDEX_METRICS)})(?:_(?P<suffix>enhanced|improvement))?"
+)
+_SPLITS = {"test": "test", "eval": "validation"}
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+_MODEL_ID_LINE = re.compile(r'^model_id = "[^"\n]*"', re.MULTILINE)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class PublishError(RuntimeError):
+    """The folder is incomplete or does not load standalone; nothing was uploaded."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Model card
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_hub_id(value: str | None) -> bool:
+    """Hub metadata fields (``base_model``, ``datasets``) only accept ``owner/name`` ids."""
+    return bool(value) and _HUB_ID.match(value) is not None and not Path(value).exists()
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def _metrics_summary(metrics: Mapping[str, Any]) -> str:
+    rows = [
+        (name, value)
+        for name, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
+    if not rows:
+        return "_No evaluation metrics were recorded for this model._"
+    lines = ["| Metric | Value |", "| --- | --- |"]
+    lines += [f"| {name} | {_format_value(value)} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def _metadata_yaml(
+    model_name: str,
+    metrics: Mapping[str, Any],
+    dataset_name: str,
+    base_model: str | None,
+) -> str:
+    """The card's variable YAML keys: base model, datasets, metrics and the model-index."""
+    meta: dict[str, Any] = {}
+    if _is_hub_id(base_model):
+        meta["base_model"] = base_model
+    if _is_hub_id(dataset_name):
+        meta["datasets"] = [dataset_name]
+    results: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
+    for key, value in metrics.items():
+        match = _METRIC_KEY.fullmatch(key)
+        if match is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if not math.isfinite(float(value)):
+            continue
+        metric_type, display, task_type, task_name = _INDEX_METRICS[match["metric"]]
+        if match["suffix"] == "improvement":
+            metric_type, display = f"{metric_type}-improvement", f"{display} improvement"
+        if match["condition"]:
+            display = f"{display}, {match['condition']}"
+        split = _SPLITS.get(match["split"] or "")
+        results.setdefault((task_type, task_name, split), []).append(
+            {"type": metric_type, "name": display, "value": round(float(value), 4)}
+        )
+    if results:
+        meta["metrics"] = sorted({m["type"] for ms in results.values() for m in ms})
+        entries = []
+        for (task_type, task_name, split), values in results.items():
+            dataset = {
+                "name": dataset_name,
+                "type": dataset_name if _is_hub_id(dataset_name) else "custom",
+            }
+            if split:
+                dataset["split"] = split
+            entries.append(
+                {
+                    "task": {"type": task_type, "name": task_name},
+                    "dataset": dataset,
+                    "metrics": values,
+                }
+            )
+        meta["model-index"] = [{"name": model_name, "results": entries}]
+    if not meta:
+        return ""
+    return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip("\n")
+
+
+def _read_config(output_dir: Path) -> dict[str, Any]:
+    path = output_dir / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def render_model_card(
+    output_dir: str | os.PathLike,
+    *,
+    model_name: str,
+    metrics: Mapping[str, Any],
+    eval_table_markdown: str | None = None,
+    dataset_name: str = "merit embedded eSpeak corpus",
+    base_model: str | None = None,
+    variant: str = "sparse",
+    id2label: Mapping[int | str, str] | None = None,
+    model_id: str | None = None,
+    template: str | os.PathLike | None = None,
+) -> str:
+    """Fill the ``model_card.md`` template and write ``output_dir/README.md``.
+
+    ``id2label`` and ``base_model`` default to what ``output_dir/config.json`` records, so the
+    training script only passes what the folder cannot tell. ``model_id`` is the id the usage
+    snippet loads (the folder name until :func:`publish` swaps in the Hub id). Returns the card.
+    """
+    output_dir = Path(output_dir)
+    template_path = Path(template) if template is not None else DEFAULT_TEMPLATE
+    if not template_path.is_file():
+        raise FileNotFoundError(
+            f"Model card template {template_path} not found; it ships at the top level of the "
+            "merit repository (model_card.md)."
+        )
+    if variant not in VARIANT_DESCRIPTIONS:
+        raise ValueError(
+            f"Unknown variant '{variant}'; expected one of {list(VARIANT_DESCRIPTIONS)}"
+        )
+    config = _read_config(output_dir)
+    if id2label is None:
+        id2label = config.get("id2label") or {}
+    if base_model is None:
+        base_model = (config.get("backbone_config") or {}).get("_name_or_path") or None
+    tasks = config.get("tasks") or []
+    labels = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))]
+    if labels and "ser" in (tasks or ["ser"]):
+        label_text = ", ".join(f"`{label}`" for label in labels)
+    else:
+        label_text = "none (this variant has no emotion head)"
+
+    values = {
+        "metadata": _metadata_yaml(model_name, metrics, dataset_name, base_model),
+        "model_name": model_name,
+        "model_id": model_id or output_dir.as_posix(),
+        "variant": variant,
+        "variant_description": VARIANT_DESCRIPTIONS[variant],
+        "base_model": f"`{base_model}`" if base_model else "randomly initialised SSL backbone",
+        "labels": label_text,
+        "dataset_name": dataset_name,
+        "metrics_summary": _metrics_summary(metrics),
+        "eval_table": (eval_table_markdown or "").strip()
+        or "_No per-condition evaluation table was provided._",
+    }
+
+    def substitute(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in values:
+            raise KeyError(f"{template_path}: unknown placeholder '{{{{ {key} }}}}'")
+        return values[key]
+
+    text = template_path.read_text()
+    if not values["metadata"]:
+        # A blank line would be left inside the YAML header; drop the placeholder's line.
+        text = re.sub(r"^\{\{\s*metadata\s*\}\}\n", "", text, flags=re.MULTILINE)
+    text = _PLACEHOLDER.sub(substitute, text)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "README.md").write_text(text)
+    return text
+
+
+def set_card_model_id(card: str, model_id: str) -> str:
+    """Point the card's usage snippet at ``model_id`` (the Hub id once published)."""
+    return _MODEL_ID_LINE.sub(f'model_id = "{model_id}"', card, count=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Standalone check
+# ---------------------------------------------------------------------------------------------
+
+# Runs in a fresh interpreter where this repository's packages cannot be imported, exactly like
+# a stranger's machine with only torch and transformers: the code files in the folder must do.
+_STANDALONE_SCRIPT = r"""
+import json, sys
+
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("modeling_merit", "merit"):
+            raise ModuleNotFoundError(f"{name} is blocked: the folder must load without it")
+
+sys.meta_path.insert(0, _Block())
+import torch
+from transformers import AutoFeatureExtractor, AutoModel
+
+folder = sys.argv[1]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+extractor = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
+rate = int(model.config.sampling_rate)
+wave = (torch.randn(rate, generator=torch.Generator().manual_seed(0)) * 0.1).numpy()
+inputs = extractor([wave], sampling_rate=rate, return_tensors="pt")
+with torch.no_grad():
+    out = model(**inputs)
+report = {"model_class": type(model).__module__ + "." + type(model).__name__}
+report["tasks"] = list(model.config.tasks)
+if out.logits is not None:
+    if not torch.isfinite(out.logits).all():
+        raise SystemExit("non-finite emotion logits")
+    report["num_labels"] = int(out.logits.shape[-1])
+if out.enhanced_waveform is not None:
+    if out.enhanced_waveform.shape[-1] != wave.shape[0]:
+        raise SystemExit("enhanced waveform length differs from the input")
+    if not torch.isfinite(out.enhanced_waveform).all():
+        raise SystemExit("non-finite enhanced waveform")
+print("MERIT_REPORT " + json.dumps(report))
+"""
+
+
+def _check_model_files(model_dir: Path) -> None:
+    if not model_dir.is_dir():
+        raise PublishError(f"{model_dir} is not a folder; `python train.py` writes one.")
+    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise PublishError(
+            f"{model_dir} is missing {', '.join(missing)}; it must hold the weights, config, "
+            "code files and feature extractor that `model.save_pretrained` and "
+            "`MeritFeatureExtractor.save_pretrained` write."
+        )
+
+
+def verify_standalone(model_dir: str | os.PathLike, *, timeout: float = 600) -> dict[str, Any]:
+    """Load ``model_dir`` with ``trust_remote_code`` in a clean subprocess and run 1 s of audio.
+
+    ``modeling_merit`` and ``merit`` are blocked in the child (even an editable install), the
+    remote-code cache is a fresh folder and the working directory is empty, so only the files
+    in ``model_dir`` can make it load. Returns what the child reports (class, tasks, labels);
+    raises :class:`PublishError` with the child's error otherwise.
+    """
+    model_dir = Path(model_dir).resolve()
+    _check_model_files(model_dir)
+    with tempfile.TemporaryDirectory(prefix="merit-verify-") as scratch:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(scratch) / "modules"))
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _STANDALONE_SCRIPT, str(model_dir)],
+                cwd=scratch,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise PublishError(f"{model_dir} did not load within {timeout:g} s") from err
+    reports = [line for line in done.stdout.splitlines() if line.startswith("MERIT_REPORT ")]
+    if done.returncode != 0 or not reports:
+        tail = (done.stderr or done.stdout).strip()[-2000:]
+        raise PublishError(
+            f"{model_dir} does not load standalone with trust_remote_code; refusing to publish."
+            f"\n{tail}"
+        )
+    return json.loads(reports[-1].removeprefix("MERIT_REPORT "))
+
+
+# ---------------------------------------------------------------------------------------------
+# Publishing
+# ---------------------------------------------------------------------------------------------
+
+
+def _ignored(relative: Path) -> bool:
+    return any(
+        fnmatch.fnmatch(part, pattern) for part in relative.parts for pattern in IGNORE_PATTERNS
+    )
+
+
+def _model_files(model_dir: Path) -> list[Path]:
+    """Files of ``model_dir`` to upload (relative paths), without training leftovers."""
+    files = [p.relative_to(model_dir) for p in sorted(model_dir.rglob("*")) if p.is_file()]
+    return [p for p in files if not _ignored(p)]
+
+
+def _space_readme(model_id: str, title: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        sdk_version = f"sdk_version: {version('gradio')}\n"
+    except Exception:  # noqa: BLE001 - gradio not installed here: let the Hub pick a version
+        sdk_version = ""
+    return (
+        "---\n"
+        f"title: {title}\n"
+        "emoji: 🎙️\n"
+        "colorFrom: indigo\n"
+        "colorTo: purple\n"
+        "sdk: gradio\n"
+        f"{sdk_version}"
+        "app_file: app.py\n"
+        "pinned: false\n"
+        "license: apache-2.0\n"
+        f"models:\n- {model_id}\n"
+        "short_description: Noisy-speech emotion recognition + enhancement (MoE)\n"
+        "---\n\n"
+        f"# {title}\n\n"
+        f"Gradio demo of [`{model_id}`](https://huggingface.co/{model_id}), a Sparse MERIT "
+        "model: one mixture-of-experts model recognises the emotion in speech and returns an "
+        "enhanced (denoised) copy, and the page shows which experts each 20 ms frame used.\n\n"
+        "The model is chosen by the Space variable `MERIT_MODEL`. For a private model repo, add "
+        "an `HF_TOKEN` secret with read access. Run locally with `python app.py --model "
+        f"{model_id}`.\n"
+    )
+
+
+def stage_space(
+    space_dir: str | os.PathLike,
+    *,
+    model_id: str,
+    examples_dir: str | os.PathLike | None = None,
+    title: str = "Sparse MERIT demo",
+) -> list[str]:
+    """Write the Space's files into ``space_dir``; returns their relative paths.
+
+    The Space gets ``app.py``, ``requirements.txt``, the modules the app imports
+    (:data:`SPACE_FILES`), the example clips under ``examples/`` (so the Space needs no corpus)
+    and a README with the Space metadata.
+    """
+    space_dir = Path(space_dir)
+    missing = [name for name in SPACE_FILES if not (REPO_ROOT / name).is_file()]
+    if missing:
+        raise PublishError(f"Space files missing from {REPO_ROOT}: {', '.join(missing)}")
+    for name in SPACE_FILES:
+        target = space_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, target)
+    from merit.app import prepare_examples
+
+    try:
+        examples = prepare_examples(examples_dir)
+    except Exception as err:  # noqa: BLE001 - a Space without examples still works
+        print(f"[merit.hub] Space examples skipped: {err}")
+        examples = []
+    if examples:
+        source = examples[0].path.parent
+        (space_dir / "examples").mkdir(parents=True, exist_ok=True)
+        for path in [source / "examples.csv", *(ex.path for ex in examples)]:
+            shutil.copy2(path, space_dir / "examples" / path.name)
+    (space_dir / "README.md").write_text(_space_readme(model_id, title), encoding="utf-8")
+    return sorted(p.relative_to(space_dir).as_posix() for p in space_dir.rglob("*") if p.is_file())
+
+
+def publish(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    space_id: str | None = None,
+    private: bool = False,
+    endpoint: str | None = None,
+    token: str | None = None,
+    examples_dir: str | os.PathLike | None = None,
+) -> dict[str, str]:
+    """Upload a trained folder as a model repo and, with ``space_id``, the demo as a Space.
+
+    The folder is checked first (:func:`verify_standalone`); nothing is created or uploaded
+    when it fails. The card's usage snippet is pointed at ``repo_id`` in the uploaded copy
+    (the local README is left alone), and the Space's ``MERIT_MODEL`` variable at the model.
+    Returns the URLs of what was created.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    model_dir = Path(model_dir)
+    verify_standalone(model_dir)
+    card_path = model_dir / "README.md"
+    if card_path.is_file():
+        card = card_path.read_text(encoding="utf-8")
+    else:
+        card = render_model_card(
+            model_dir, model_name=repo_id.split("/")[-1], metrics={}, model_id=repo_id
+        )
+    operations = [
+        CommitOperationAdd(path_in_repo=rel.as_posix(), path_or_fileobj=str(model_dir / rel))
+        for rel in _model_files(model_dir)
+        if rel.as_posix() != "README.md"
+    ]
+    operations.append(
+        CommitOperationAdd(
+            path_in_repo="README.md",
+            path_or_fileobj=set_card_model_id(card, repo_id).encode("utf-8"),
+        )
+    )
+    api = HfApi(endpoint=endpoint, token=token)
+    model_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api.create_commit(
+        repo_id,
+        operations=operations,
+        commit_message="Upload Sparse MERIT model",
+        repo_type="model",
+    )
+    urls = {"model": str(model_url)}
+    if space_id:
+        with tempfile.TemporaryDirectory(prefix="merit-space-") as staging:
+            stage_space(staging, model_id=repo_id, examples_dir=examples_dir)
+            space_url = api.create_repo(
+                space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True
+            )
+            api.upload_folder(
+                folder_path=staging,
+                repo_id=space_id,
+                repo_type="space",
+                commit_message="Upload Sparse MERIT demo",
+            )
+        api.add_space_variable(
+            space_id, "MERIT_MODEL", repo_id, description="Model the demo serves"
+        )
+        urls["space"] = str(space_url)
+    return urls
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m merit.hub publish --model-dir DIR --repo-id USER/NAME [--space-id ...]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m merit.hub", description="Publish a trained MERIT model (and its demo)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    pub = commands.add_parser("publish", help="upload a model folder (and the demo Space)")
+    pub.add_argument("--model-dir", required=True, help="trained folder, e.g. outputs/merit-sparse")
+    pub.add_argument("--repo-id", required=True, help="model repo, e.g. user/merit-sparse")
+    pub.add_argument("--space-id", default=None, help="also publish the demo, e.g. user/merit-demo")
+    pub.add_argument("--private", action="store_true", help="create private repos")
+    pub.add_argument("--endpoint", default=None, help="Hub URL (default: $HF_ENDPOINT or the Hub)")
+    pub.add_argument("--token", default=None, help="access token (default: $HF_TOKEN / login)")
+    pub.add_argument("--examples-dir", default=None, help="example clips folder for the Space")
+    args = parser.parse_args(argv)
+    try:
+        urls = publish(
+            args.model_dir,
+            args.repo_id,
+            space_id=args.space_id,
+            private=args.private,
+            endpoint=args.endpoint,
+            token=args.token,
+            examples_dir=args.examples_dir,
+        )
+    except PublishError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for kind, url in urls.items():
+        print(f"{kind}: {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
