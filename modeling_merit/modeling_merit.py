@@ -546,7 +546,10 @@ class MeritPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            # LeCun-normal: variance-preserving at any width. The 0.02 of BERT-style models is
+            # tuned for 768-wide layers; in the narrow MERIT layers it shrinks the signal
+            # through every stacked projection and stalls learning from a random backbone.
+            nn.init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
