@@ -176,6 +176,115 @@ def _receptive_field(backbone_config: Any) -> tuple[int, int]:
     return field, stride
 
 
+def check_waveforms(
+    input_values: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    min_samples: int,
+    sampling_rate: int = 16000,
+) -> torch.Tensor:
+    """Refuse input that would give a silently wrong answer; return valid lengths ``(B,)``."""
+    if not torch.is_tensor(input_values) or not input_values.is_floating_point():
+        raise ValueError("input_values must be a floating-point tensor of raw audio samples.")
+    if input_values.ndim != 2:
+        raise ValueError(
+            f"input_values must have shape (batch, samples), got {tuple(input_values.shape)}; "
+            "use waveform[None] for one utterance and mix stereo down to mono first."
+        )
+    batch, total = input_values.shape
+    if batch == 0 or total == 0:
+        raise ValueError("input_values is empty: no audio samples were given.")
+    if not torch.isfinite(input_values).all():
+        raise ValueError("input_values contains NaN or infinite samples.")
+    if attention_mask is None:
+        lengths = torch.full((batch,), total, device=input_values.device, dtype=torch.long)
+    else:
+        if attention_mask.shape != input_values.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match "
+                f"input_values {tuple(input_values.shape)}."
+            )
+        lengths = attention_mask.long().sum(-1)
+    if int(lengths.min()) < min_samples:
+        raise ValueError(
+            f"Audio too short: need at least {min_samples} samples "
+            f"({1000 * min_samples / sampling_rate:.0f} ms at {sampling_rate} Hz), "
+            f"got {int(lengths.min())}."
+        )
+    return lengths
+
+
+def sample_mask_for(lengths: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor:
+    return (torch.arange(total, device=lengths.device)[None, :] < lengths[:, None]).to(dtype)
+
+
+def normalize_waveforms(
+    values: torch.Tensor, sample_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Zero-mean, unit-variance per utterance over its valid samples, zero on padding.
+
+    Returns the normalised audio, the masked raw audio and each utterance's scale (std), which
+    the enhancement head uses to work scale-free on the raw signal.
+    """
+    values = values * sample_mask
+    count = sample_mask.sum(-1).clamp_min(1)
+    mean = values.sum(-1) / count
+    var = ((values - mean[:, None]) * sample_mask).pow(2).sum(-1) / count
+    scale = (var + 1e-7).sqrt()
+    return (values - mean[:, None]) / scale[:, None] * sample_mask, values, scale
+
+
+def run_backbone(
+    backbone: PreTrainedModel,
+    normalized: torch.Tensor,
+    lengths: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All hidden states ``(layers, batch, frames, size)`` and the frame lengths.
+
+    Backbones with group-normalised conv encoders (wav2vec2-base, WavLM-base) normalise over
+    the padded time axis, so a padded batch would change every frame; those run one utterance
+    at a time on their valid samples (the transformer itself handles padding).
+    """
+    frame_lengths = backbone._get_feat_extract_output_lengths(lengths).long()
+    padded = bool((lengths < normalized.shape[-1]).any())
+    group_norm = getattr(backbone.config, "feat_extract_norm", "layer") == "group"
+    if padded and group_norm:
+        per_utterance = []
+        for row, length in zip(normalized, lengths.tolist(), strict=True):
+            states = backbone(row[None, :length], output_hidden_states=True).hidden_states
+            per_utterance.append(torch.stack(states, 0)[:, 0])
+        frames = max(s.shape[1] for s in per_utterance)
+        stacked = torch.stack([F.pad(s, (0, 0, 0, frames - s.shape[1])) for s in per_utterance])
+        return stacked.transpose(0, 1), frame_lengths
+    sample_mask = sample_mask_for(lengths, normalized.shape[-1], torch.long)
+    outputs = backbone(
+        normalized, attention_mask=sample_mask if padded else None, output_hidden_states=True
+    )
+    return torch.stack(outputs.hidden_states, 0), frame_lengths
+
+
+def backbone_hidden_states(
+    backbone: PreTrainedModel,
+    input_values: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    normalize: bool = True,
+    sampling_rate: int = 16000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checks, normalisation and backbone pass of :class:`MeritModel` on any bare backbone.
+
+    Distillation teachers and students and adapter pre-training use it, so the features they
+    learn from are the ones a MERIT model built on that backbone computes. Returns
+    ``(layers, batch, frames, size)`` and the boolean frame mask ``(batch, frames)``.
+    """
+    field, _ = _receptive_field(backbone.config)
+    lengths = check_waveforms(input_values, attention_mask, field, sampling_rate)
+    mask = sample_mask_for(lengths, input_values.shape[-1], input_values.dtype)
+    normalized, raw, _ = normalize_waveforms(input_values, mask)
+    states, frame_lengths = run_backbone(backbone, normalized if normalize else raw, lengths)
+    frame_mask = sample_mask_for(frame_lengths, states.shape[2], torch.bool)
+    return states, frame_mask
+
+
 # ---------------------------------------------------------------------------------------------
 # MERIT building blocks
 # ---------------------------------------------------------------------------------------------
@@ -666,33 +775,10 @@ class MeritModel(MeritPreTrainedModel):
         labels: torch.Tensor | None,
         clean_values: torch.Tensor | None,
     ) -> torch.Tensor:
-        if not torch.is_tensor(input_values) or not input_values.is_floating_point():
-            raise ValueError("input_values must be a floating-point tensor of raw audio samples.")
-        if input_values.ndim != 2:
-            raise ValueError(
-                f"input_values must have shape (batch, samples), got {tuple(input_values.shape)}; "
-                "use waveform[None] for one utterance and mix stereo down to mono first."
-            )
-        batch, total = input_values.shape
-        if batch == 0 or total == 0:
-            raise ValueError("input_values is empty: no audio samples were given.")
-        if not torch.isfinite(input_values).all():
-            raise ValueError("input_values contains NaN or infinite samples.")
-        if attention_mask is None:
-            lengths = torch.full((batch,), total, device=input_values.device, dtype=torch.long)
-        else:
-            if attention_mask.shape != input_values.shape:
-                raise ValueError(
-                    f"attention_mask shape {tuple(attention_mask.shape)} does not match "
-                    f"input_values {tuple(input_values.shape)}."
-                )
-            lengths = attention_mask.long().sum(-1)
-        if int(lengths.min()) < self.frame_field:
-            raise ValueError(
-                f"Audio too short: need at least {self.frame_field} samples "
-                f"({1000 * self.frame_field / self.config.sampling_rate:.0f} ms at "
-                f"{self.config.sampling_rate} Hz), got {int(lengths.min())}."
-            )
+        lengths = check_waveforms(
+            input_values, attention_mask, self.frame_field, self.config.sampling_rate
+        )
+        batch = input_values.shape[0]
         if labels is not None and self.ser_head is not None and self.config.categorical_head:
             if labels.ndim != 1 or labels.shape[0] != batch:
                 raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}.")
@@ -708,32 +794,25 @@ class MeritModel(MeritPreTrainedModel):
             )
         return lengths
 
-    def _backbone_hidden_states(
-        self, normalized: torch.Tensor, sample_mask: torch.Tensor, lengths: torch.Tensor
+    def backbone_features(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All hidden states ``(layers, batch, frames, size)`` and the frame lengths.
-
-        Backbones with group-normalised conv encoders (wav2vec2-base, WavLM-base) normalise over
-        the padded time axis, so a padded batch would change every frame; those run one
-        utterance at a time on their valid samples (the transformer itself handles padding).
-        """
-        frame_lengths = self.backbone._get_feat_extract_output_lengths(lengths).long()
-        padded = bool((lengths < normalized.shape[-1]).any())
-        group_norm = getattr(self.config.backbone_config, "feat_extract_norm", "layer") == "group"
-        if padded and group_norm:
-            per_utterance = []
-            for row, length in zip(normalized, lengths.tolist(), strict=True):
-                states = self.backbone(row[None, :length], output_hidden_states=True).hidden_states
-                per_utterance.append(torch.stack(states, 0)[:, 0])
-            frames = max(s.shape[1] for s in per_utterance)
-            stacked = torch.stack([F.pad(s, (0, 0, 0, frames - s.shape[1])) for s in per_utterance])
-            return stacked.transpose(0, 1), frame_lengths
-        outputs = self.backbone(
-            normalized,
-            attention_mask=sample_mask.long() if padded else None,
-            output_hidden_states=True,
+        """The backbone layers exactly as MERIT sees them: ``(layers, B, T, H)`` and frame mask."""
+        return backbone_hidden_states(
+            self.backbone,
+            input_values,
+            attention_mask,
+            normalize=self.config.normalize_input,
+            sampling_rate=self.config.sampling_rate,
         )
-        return torch.stack(outputs.hidden_states, 0), frame_lengths
+
+    def train(self, mode: bool = True) -> MeritModel:
+        """A frozen backbone stays in eval mode: no dropout or SpecAugment on features that
+        cannot adapt to them."""
+        super().train(mode)
+        if mode and self.config.freeze_backbone:
+            self.backbone.eval()
+        return self
 
     def _integrate(
         self,
@@ -817,27 +896,12 @@ class MeritModel(MeritPreTrainedModel):
         """
         config = self.config
         lengths = self._check_inputs(input_values, attention_mask, labels, clean_values)
-        total = input_values.shape[-1]
-        sample_mask = (
-            torch.arange(total, device=input_values.device)[None, :] < lengths[:, None]
-        ).to(input_values.dtype)
-        noisy = input_values * sample_mask
-        count = lengths.to(noisy.dtype)
-        mean = noisy.sum(-1) / count
-        var = ((noisy - mean[:, None]) * sample_mask).pow(2).sum(-1) / count
-        scale = (var + 1e-7).sqrt()
-        if config.normalize_input:
-            normalized = (noisy - mean[:, None]) / scale[:, None] * sample_mask
-        else:
-            normalized = noisy
-
-        hidden_states, frame_lengths = self._backbone_hidden_states(
-            normalized, sample_mask, lengths
+        sample_mask = sample_mask_for(lengths, input_values.shape[-1], input_values.dtype)
+        normalized, noisy, scale = normalize_waveforms(input_values, sample_mask)
+        hidden_states, frame_lengths = run_backbone(
+            self.backbone, normalized if config.normalize_input else noisy, lengths
         )
-        frames = hidden_states.shape[2]
-        frame_mask = (
-            torch.arange(frames, device=noisy.device)[None, :] < frame_lengths[:, None]
-        ).long()
+        frame_mask = sample_mask_for(frame_lengths, hidden_states.shape[2], torch.long)
 
         representations: dict[str, torch.Tensor] = {}
         routing_indices: dict[str, torch.Tensor] = {}
