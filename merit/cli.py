@@ -1,0 +1,288 @@
+"""Command line: ``merit <subcommand>`` (or ``python -m merit.cli <subcommand>``).
+
+Subcommands live in one registry: call :func:`add_subcommand` with a name, a help line, a
+function that adds its arguments to an ``argparse`` parser and a function that runs it and
+returns the exit code. ``predict`` and ``export-onnx`` are registered at the bottom of this
+file; other modules (corpus building, evaluation, publishing) can register theirs the same way
+before :func:`main` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, TextIO
+
+__all__ = ["add_subcommand", "build_parser", "find_inputs", "main"]
+
+ConfigureFn = Callable[[argparse.ArgumentParser], None]
+RunFn = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class _Subcommand:
+    help: str
+    configure: ConfigureFn
+    run: RunFn
+
+
+_SUBCOMMANDS: dict[str, _Subcommand] = {}
+
+
+def add_subcommand(name: str, help: str, configure: ConfigureFn, run: RunFn) -> None:
+    """Register ``merit NAME``; ``run(args)`` returns the process exit code."""
+    if name in _SUBCOMMANDS:
+        raise ValueError(f"Subcommand '{name}' is already registered.")
+    _SUBCOMMANDS[name] = _Subcommand(help, configure, run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="merit",
+        description="Sparse MERIT: noise-robust speech emotion recognition and enhancement.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in _SUBCOMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.help, description=command.help)
+        command.configure(sub)
+        sub.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; setup errors (missing model or input) print one line and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"merit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------------------------
+# predict
+# ---------------------------------------------------------------------------------------------
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+
+
+@dataclass(frozen=True)
+class _Input:
+    """An audio file to analyse and the name it goes by in the results (relative, stable)."""
+
+    path: Path
+    name: str
+
+
+def find_inputs(source: str | Path) -> list[_Input]:
+    """Audio files of a folder (recursive, sorted) or of a CSV/JSONL manifest's ``path`` column.
+
+    Manifest paths may be relative to the manifest's folder. Missing files are kept: they are
+    reported as errors with the others instead of stopping the run.
+    """
+    from merit.audio import AUDIO_EXTENSIONS
+
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(
+            p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+        )
+        return [_Input(p, p.relative_to(source).as_posix()) for p in files]
+    if not source.is_file():
+        raise FileNotFoundError(f"Input '{source}' is neither a folder nor a manifest file.")
+    if source.suffix.lower() not in MANIFEST_SUFFIXES:
+        raise ValueError(
+            f"Input '{source}': expected a folder of audio files or a manifest "
+            f"({', '.join(MANIFEST_SUFFIXES)}) with a 'path' column."
+        )
+    inputs = []
+    for number, row in enumerate(_read_manifest(source), start=1):
+        value = str(row.get("path") or "").strip()
+        if not value:
+            raise ValueError(f"{source}: row {number} has no 'path' value.")
+        path = Path(value).expanduser()
+        inputs.append(_Input(path if path.is_absolute() else source.parent / path, value))
+    return inputs
+
+
+def _read_manifest(path: Path) -> list[dict[str, Any]]:
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if "path" not in (reader.fieldnames or []):
+                raise ValueError(f"{path}: no 'path' column (columns: {reader.fieldnames}).")
+            return list(reader)
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: invalid JSON ({err})") from err
+    return rows
+
+
+class _ResultWriter:
+    """Streams one result per line, so a long run keeps what it has done if it is stopped.
+
+    CSV gets flat ``score_<label>``/``dim_<name>`` columns; JSONL nested ``scores`` and
+    ``dimensions`` objects. Both have an ``error`` field, empty on success.
+    """
+
+    def __init__(self, handle: TextIO, fmt: str, labels: list[str], dims: list[str]):
+        self.handle, self.fmt, self.labels, self.dims = handle, fmt, labels, dims
+        if fmt == "csv":
+            columns = ["file", "duration", "label"]
+            columns += [f"score_{label}" for label in labels]
+            columns += [f"dim_{name}" for name in dims]
+            columns += ["enhanced", "error"]
+            self.csv = csv.DictWriter(handle, fieldnames=columns)
+            self.csv.writeheader()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            self.handle.write(json.dumps(record) + "\n")
+        else:
+            row = {key: record.get(key) for key in ("file", "duration", "label", "enhanced")}
+            for label in self.labels:
+                row[f"score_{label}"] = (record.get("scores") or {}).get(label)
+            for name in self.dims:
+                row[f"dim_{name}"] = (record.get("dimensions") or {}).get(name)
+            row["error"] = record.get("error") or ""
+            self.csv.writerow({k: "" if v is None else v for k, v in row.items()})
+        self.handle.flush()
+
+
+def _mirror(root: Path, name: str, taken: set[Path]) -> Path:
+    """Where the enhanced copy of ``name`` goes: same relative path under ``root``, as WAV.
+
+    Absolute and ``..`` parts are dropped so nothing is written outside ``root``; when two
+    inputs differ only by extension (``a.wav``, ``a.flac``) the second keeps its extension
+    (``a.flac.wav``) instead of overwriting the first.
+    """
+    parts = [p for p in PurePath(name).parts if p not in ("..", ".") and p != PurePath(name).anchor]
+    relative = Path(*parts) if parts else Path("audio")
+    target = root / relative.with_suffix(".wav")
+    if target in taken:
+        target = root / relative.parent / (relative.name + ".wav")
+    taken.add(target)
+    return target
+
+
+def _configure_predict(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="saved model folder or Hub id")
+    parser.add_argument(
+        "--input", required=True, help="folder (searched recursively) or CSV/JSONL manifest"
+    )
+    parser.add_argument("--output", required=True, help="results file: .csv or .jsonl")
+    parser.add_argument(
+        "--enhanced-dir", help="also write enhanced audio here (WAV, same relative names)"
+    )
+    parser.add_argument("--chunk-seconds", type=float, default=10.0)
+    parser.add_argument("--overlap-seconds", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from merit.audio import load_audio, write_audio
+    from merit.inference import analyze, load_model, prediction_names
+
+    output = Path(args.output)
+    fmt = output.suffix.lower().lstrip(".")
+    if fmt not in ("csv", "jsonl"):
+        raise ValueError(f"--output must end in .csv or .jsonl, got '{output}'.")
+    inputs = find_inputs(args.input)
+    if not inputs:
+        print(f"No audio files found in '{args.input}'.", file=sys.stderr)
+        return 2
+    model, feature_extractor = load_model(args.model, device=args.device)
+    labels, dims = prediction_names(model)
+    enhanced_dir = Path(args.enhanced_dir) if args.enhanced_dir else None
+    written: set[Path] = set()
+    rate = int(model.config.sampling_rate)
+
+    failures: list[tuple[str, str]] = []
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", newline="", encoding="utf-8") as handle:
+        writer = _ResultWriter(handle, fmt, labels, dims)
+        for item in tqdm(inputs, desc="files", unit="file", disable=args.no_progress):
+            record: dict[str, Any] = {"file": item.name}
+            try:
+                result = analyze(
+                    model,
+                    feature_extractor,
+                    load_audio(item.path, target_sr=rate),
+                    rate,
+                    chunk_seconds=args.chunk_seconds,
+                    overlap_seconds=args.overlap_seconds,
+                    batch_size=args.batch_size,
+                )
+                record.update(
+                    duration=round(result.duration, 3),
+                    label=result.label,
+                    scores=result.probabilities,
+                    dimensions=result.dimensions,
+                )
+                if enhanced_dir is not None and result.enhanced is not None:
+                    target = _mirror(enhanced_dir, item.name, written)
+                    write_audio(target, result.enhanced, result.sampling_rate)
+                    record["enhanced"] = str(target)
+                record["error"] = None
+            except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
+                message = f"{type(err).__name__}: {err}"
+                record["error"] = message
+                failures.append((item.name, message))
+            writer.write(record)
+
+    succeeded = len(inputs) - len(failures)
+    print(f"{succeeded} of {len(inputs)} files analysed; results in {output}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} file(s) failed:", file=sys.stderr)
+        for name, message in failures:
+            print(f"  {name}: {message}", file=sys.stderr)
+    return 0 if succeeded else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# export-onnx
+# ---------------------------------------------------------------------------------------------
+
+
+def _configure_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="saved model folder or Hub id")
+    parser.add_argument("--out", required=True, help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=17)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from merit.inference import load_model
+    from merit.onnx_export import export_onnx, onnx_output_names
+
+    model, _ = load_model(args.model)
+    path = export_onnx(model, args.out, opset=args.opset)
+    outputs = ", ".join(onnx_output_names(model))
+    print(f"Wrote {path} (input: input_values [batch, samples]; outputs: {outputs})")
+    return 0
+
+
+add_subcommand(
+    "predict",
+    "Analyse audio files: emotion, dimensions, enhanced audio.",
+    _configure_predict,
+    _run_predict,
+)
+add_subcommand("export-onnx", "Export a saved model to ONNX.", _configure_export, _run_export)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

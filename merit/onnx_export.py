@@ -1,0 +1,201 @@
+"""Export a MERIT model to ONNX for runtimes without PyTorch.
+
+The graph takes ``input_values`` ``(batch, samples)`` only, with dynamic batch and length axes,
+and no ``attention_mask``: every row must be real audio of the same length (at least the model's
+minimum input, 400 samples for WavLM-style encoders). That is deliberate: a padded batch takes a
+per-utterance Python loop for group-normalised backbones (WavLM-base), which a traced graph
+cannot hold; run utterances of different lengths one by one, or cut them into equal chunks as
+:func:`merit.inference.analyze` does. Outputs, in this order and only when the model has them:
+``logits`` ``(batch, num_labels)``, ``dimensions`` ``(batch, len(dimension_names))`` and
+``enhanced_waveform`` ``(batch, samples)``.
+
+Two things in the PyTorch model do not trace: sparse expert dispatch (data-dependent Python
+loop; switched off with :meth:`MeritModel.set_expert_dispatch`, same numbers) and the complex
+STFT/inverse FFT of the enhancement head (ONNX has no complex tensors). For the export the head
+is swapped for :class:`DFTEnhancementHead`, which computes the same transform with real
+convolutions against DFT bases; the model is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from merit.inference import prediction_names
+from modeling_merit import MeritModel
+
+__all__ = ["DFTEnhancementHead", "export_onnx", "exportable", "onnx_output_names"]
+
+
+class DFTEnhancementHead(nn.Module):
+    """The enhancement head of a MERIT model with STFT and inverse STFT as real convolutions.
+
+    It reuses the wrapped head's mask network, interpolation and settings, so only the
+    transforms differ: a centred, zero-padded STFT is ``conv1d`` with windowed cosine and sine
+    kernels, and ``irfft`` + windowed overlap-add is one ``conv_transpose1d``. Both are exact
+    re-expressions (float rounding aside) of what :class:`MeritSEHead` does.
+    """
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+        n_fft, win = head.n_fft, head.win_length
+        left = (n_fft - win) // 2
+        window = head.window
+        if callable(window):  # built on demand in newer model code
+            window = window(torch.empty(0))
+        window = F.pad(window.detach().float().cpu(), (left, n_fft - win - left))
+        bins = n_fft // 2 + 1
+        angle = (
+            2 * math.pi * torch.arange(bins, dtype=torch.float64)[:, None] * torch.arange(n_fft)
+        ) / n_fft
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        window64 = window.double()
+        # Analysis: X[k, t] = sum_n w[n] x[t*hop + n] exp(-2j*pi*k*n/N).
+        analysis = torch.cat([cos * window64, -sin * window64])[:, None, :]
+        # Synthesis: irfft counts every bin but DC and Nyquist twice; the imaginary parts of
+        # those two bins are ignored, which their sine rows (all zeros) already do.
+        weight = torch.full((bins, 1), 2.0, dtype=torch.float64)
+        weight[0] = 1.0
+        if n_fft % 2 == 0:
+            weight[-1] = 1.0
+        synthesis = torch.cat([weight * cos, -weight * sin]) * window64 / n_fft
+        self.register_buffer("analysis", analysis.float(), persistent=False)
+        self.register_buffer("synthesis", synthesis[:, None, :].float(), persistent=False)
+        self.register_buffer("envelope", window.pow(2)[None, None, :], persistent=False)
+
+    def stft(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real and imaginary parts ``(batch, bins, frames)`` of ``MeritSEHead.stft``."""
+        pad = self.head.n_fft // 2
+        padded = F.pad(waveform[:, None, :], (pad, pad))
+        spec = F.conv1d(padded, self.analysis, stride=self.head.hop_length)
+        bins = self.head.n_fft // 2 + 1
+        return spec[:, :bins], spec[:, bins:]
+
+    def istft(
+        self, real: torch.Tensor, imag: torch.Tensor, lengths: torch.Tensor, total: torch.Tensor
+    ) -> torch.Tensor:
+        """``MeritSEHead.istft``: overlap-add of each utterance's own frames, window-normalised."""
+        hop = self.head.hop_length
+        frames = real.shape[-1]
+        valid = (torch.arange(frames, device=real.device)[None, :] <= (lengths // hop)[:, None]).to(
+            real.dtype
+        )[:, None, :]
+        spec = torch.cat([real, imag], 1) * valid
+        signal = F.conv_transpose1d(spec, self.synthesis, stride=hop)[:, 0]
+        norm = F.conv_transpose1d(valid, self.envelope, stride=hop)[:, 0]
+        signal = torch.where(norm > 1e-10, signal / norm.clamp_min(1e-10), torch.zeros_like(signal))
+        pad = self.head.n_fft // 2
+        return signal[:, pad : pad + total]
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        noisy: torch.Tensor,
+        sample_lengths: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        head = self.head
+        real, imag = self.stft(noisy)
+        magnitude = torch.sqrt(real.pow(2) + imag.pow(2)) / scale[:, None, None]
+        features = torch.log(magnitude + 1e-5).transpose(1, 2)
+        context = head.frames_to_stft(hidden, frame_lengths, real.shape[-1])
+        mask = torch.sigmoid(head.mask_out(head.mask_net(torch.cat([context, features], -1))))
+        mask = mask.transpose(1, 2)
+        enhanced = self.istft(real * mask, imag * mask, sample_lengths, noisy.shape[-1])
+        return enhanced, magnitude * mask
+
+
+def onnx_output_names(model: MeritModel) -> list[str]:
+    """Names of the graph outputs for this model, in order (see the module docstring)."""
+    labels, dimensions = prediction_names(model)
+    names = []
+    if labels:
+        names.append("logits")
+    if dimensions:
+        names.append("dimensions")
+    if model.se_head is not None:
+        names.append("enhanced_waveform")
+    return names
+
+
+class _OnnxGraph(nn.Module):
+    """Tuple-returning view of the model: exporters need plain tensors, not a ModelOutput."""
+
+    def __init__(self, model: MeritModel):
+        super().__init__()
+        self.model = model
+        self.names = onnx_output_names(model)
+
+    def forward(self, input_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        output = self.model(input_values=input_values)
+        return tuple(getattr(output, name) for name in self.names)
+
+
+@contextlib.contextmanager
+def exportable(model: MeritModel) -> Iterator[MeritModel]:
+    """Temporarily make ``model`` traceable: static expert compute, DFT enhancement head, eval.
+
+    Everything is restored on exit, also after an error, so a model can be exported in the
+    middle of a session and used on as before.
+    """
+    dispatch = getattr(getattr(model, "expert_pool", None), "dispatch", True)
+    head, training = model.se_head, model.training
+    try:
+        model.set_expert_dispatch(False)
+        if head is not None:
+            device = next(head.parameters()).device
+            model.se_head = DFTEnhancementHead(head).to(device)
+        model.eval()
+        yield model
+    finally:
+        model.se_head = head
+        model.set_expert_dispatch(dispatch)
+        model.train(training)
+
+
+def export_onnx(
+    model: MeritModel, path: str | Path, opset: int = 17, *, example_seconds: float = 1.0
+) -> Path:
+    """Write ``model`` as an ONNX graph with dynamic batch and length axes; returns the path.
+
+    Uses the TorchScript-based exporter (``dynamo=False``), which needs no ``onnxscript``.
+    ``example_seconds`` sets the length of the trace input; the graph works for other lengths.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = onnx_output_names(model)
+    device = next(model.parameters()).device
+    samples = max(int(example_seconds * model.config.sampling_rate), int(model.frame_field))
+    example = torch.randn(2, samples, device=device) * 0.1
+    dynamic_axes = {"input_values": {0: "batch", 1: "samples"}}
+    for name in names:
+        dynamic_axes[name] = (
+            {0: "batch", 1: "samples"} if name == "enhanced_waveform" else {0: "batch"}
+        )
+    with exportable(model), warnings.catch_warnings():
+        # Expected: the model's input checks are constant-folded by the tracer, and the
+        # TorchScript exporter is deprecated in favour of the dynamo one (needs onnxscript).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        torch.onnx.export(
+            _OnnxGraph(model),
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input_values"],
+            output_names=names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+    return path
