@@ -48,10 +48,7 @@ class DFTEnhancementHead(nn.Module):
         self.head = head
         n_fft, win = head.n_fft, head.win_length
         left = (n_fft - win) // 2
-        window = head.window
-        if callable(window):  # built on demand in newer model code
-            window = window(torch.empty(0))
-        window = F.pad(window.detach().float().cpu(), (left, n_fft - win - left))
+        window = F.pad(head.window(torch.empty(0)), (left, n_fft - win - left))
         bins = n_fft // 2 + 1
         angle = (
             2 * math.pi * torch.arange(bins, dtype=torch.float64)[:, None] * torch.arange(n_fft)
