@@ -85,14 +85,11 @@ def find_inputs(source: str | Path) -> list[_Input]:
     Manifest paths may be relative to the manifest's folder. Missing files are kept: they are
     reported as errors with the others instead of stopping the run.
     """
-    from merit.audio import AUDIO_EXTENSIONS
+    from merit.data import audio_files, read_rows
 
     source = Path(source)
     if source.is_dir():
-        files = sorted(
-            p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-        )
-        return [_Input(p, p.relative_to(source).as_posix()) for p in files]
+        return [_Input(p, p.relative_to(source).as_posix()) for p in audio_files(source)]
     if not source.is_file():
         raise FileNotFoundError(f"Input '{source}' is neither a folder nor a manifest file.")
     if source.suffix.lower() not in MANIFEST_SUFFIXES:
@@ -101,31 +98,16 @@ def find_inputs(source: str | Path) -> list[_Input]:
             f"({', '.join(MANIFEST_SUFFIXES)}) with a 'path' column."
         )
     inputs = []
-    for number, row in enumerate(_read_manifest(source), start=1):
+    rows = read_rows(source)
+    if rows and "path" not in rows[0]:
+        raise ValueError(f"{source}: no 'path' column (columns: {list(rows[0])}).")
+    for number, row in enumerate(rows, start=1):
         value = str(row.get("path") or "").strip()
         if not value:
             raise ValueError(f"{source}: row {number} has no 'path' value.")
         path = Path(value).expanduser()
         inputs.append(_Input(path if path.is_absolute() else source.parent / path, value))
     return inputs
-
-
-def _read_manifest(path: Path) -> list[dict[str, Any]]:
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            if "path" not in (reader.fieldnames or []):
-                raise ValueError(f"{path}: no 'path' column (columns: {reader.fieldnames}).")
-            return list(reader)
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: invalid JSON ({err})") from err
-    return rows
 
 
 class _ResultWriter:

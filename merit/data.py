@@ -130,7 +130,7 @@ def _read_source(source: str, columns: _Columns) -> dict[str, Dataset]:
         for metadata in ("metadata.csv", "metadata.jsonl"):
             if (path / metadata).is_file():
                 return _from_table(path / metadata, columns)
-        if _audio_files(path):
+        if audio_files(path):
             return _from_class_folders(path)
         return _from_hf(_load_with_datasets(str(path)), columns)
     if path.is_file():
@@ -153,7 +153,7 @@ def _load_with_datasets(source: str) -> Dataset | DatasetDict:
         ) from err
 
 
-def _read_rows(table: Path) -> list[dict[str, Any]]:
+def read_rows(table: Path) -> list[dict[str, Any]]:
     """Read a CSV (header row) or JSON Lines file into a list of dicts."""
     if table.suffix.lower() == ".csv":
         with table.open(newline="", encoding="utf-8-sig") as handle:
@@ -180,7 +180,7 @@ def _text(value: Any) -> str:
 
 def _from_table(table: Path, columns: _Columns) -> dict[str, Dataset]:
     """Audiofolder ``metadata.csv``/``.jsonl`` or a manifest: one row per utterance."""
-    rows = _read_rows(table)
+    rows = read_rows(table)
     if not rows:
         raise ValueError(f"{table}: no rows")
     available = sorted({key for row in rows for key in row})
@@ -229,7 +229,7 @@ def _split_from_path(path: Path) -> str:
     return SPLIT_ALIASES.get(parts[0].lower(), "") if len(parts) > 1 else ""
 
 
-def _audio_files(root: Path) -> list[Path]:
+def audio_files(root: Path) -> list[Path]:
     """All audio files under ``root``, sorted so that every listing is reproducible."""
     return sorted(
         p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
@@ -239,7 +239,7 @@ def _audio_files(root: Path) -> list[Path]:
 def _from_class_folders(root: Path) -> dict[str, Dataset]:
     """Audiofolder without metadata: the label is each file's parent folder name."""
     paths, labels, splits = [], [], []
-    for path in _audio_files(root):
+    for path in audio_files(root):
         relative = path.relative_to(root)
         if len(relative.parts) < 2:
             raise ValueError(
@@ -451,7 +451,7 @@ class NoiseBank:
         if table.is_file():
             files = _noise_from_table(table)
         else:
-            files = [_noise_from_path(p, p.relative_to(root)) for p in _audio_files(root)]
+            files = [_noise_from_path(p, p.relative_to(root)) for p in audio_files(root)]
         available = sorted({f.split for f in files})
         if split is not None:
             files = [f for f in files if f.split == split]
@@ -490,7 +490,7 @@ class NoiseBank:
 
 
 def _noise_from_table(table: Path) -> list[NoiseFile]:
-    rows = _read_rows(table)
+    rows = read_rows(table)
     files = []
     for line_number, row in enumerate(rows, start=2):
         name, noise_type = _text(row.get("file_name")), _text(row.get("noise_type"))
