@@ -42,3 +42,17 @@ def make_model(seed: int = 0, **overrides) -> MeritModel:
 @pytest.fixture
 def tiny_model() -> MeritModel:
     return make_model().eval()
+
+
+# ------------------------------------------------------------------------------------------
+# Shared by test_training.py and test_evaluation.py: a tiny embedded corpus, built once.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """6 speakers (4 train / 1 validation / 1 test) x 4 sentences x 4 emotions + noise bank."""
+    from merit.corpus import build_corpus
+
+    root = tmp_path_factory.mktemp("tiny-corpus") / "corpus"
+    return build_corpus(root, num_speakers=6, num_sentences=4, noise_seconds=3.0, progress=False)

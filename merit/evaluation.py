@@ -1,0 +1,770 @@
+"""Benchmark trained systems on frozen noisy test sets and write the paper-style tables.
+
+A *system* is anything with the small :class:`System` interface: a trained MERIT model
+(:class:`ModelSystem`), the SE-then-SER pre-processing baseline (:class:`CascadeSystem`) or the
+unprocessed noisy input (:class:`UnprocessedInput`, the SSNR floor every enhancer must beat).
+:func:`evaluate_systems` runs each system over every condition of
+:func:`merit.data.build_eval_sets` and returns plain rows (no pandas), so benchmark scripts can
+average seeds themselves; :func:`write_report` turns them into ``table.md``, ``table.csv``,
+``rows.json``, ``f1_vs_snr.png`` and 0 dB confusion matrices.
+
+Command line (``python evaluate_models.py``)::
+
+    python evaluate_models.py --models outputs/merit-sparse outputs/merit-dense \\
+        --cascade outputs/merit-se-only outputs/merit-ser-only --out results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import datasets
+import numpy as np
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from merit.audio import AudioError, load_audio
+from merit.data import NoiseBank, build_eval_sets, check_labels, load_speech_dataset
+from merit.metrics import confusion_matrix_figure, se_metrics, ser_metrics
+
+__all__ = [
+    "CascadeSystem",
+    "EvaluationResult",
+    "ModelSystem",
+    "Prediction",
+    "System",
+    "UnprocessedInput",
+    "build_test_sets",
+    "drop_unreadable",
+    "evaluate_systems",
+    "format_markdown",
+    "load_noise_banks",
+    "main",
+    "parse_condition",
+    "plot_f1_vs_snr",
+    "quiet_datasets",
+    "resolve_data_sources",
+    "spread_subset",
+    "table_columns",
+    "utterance_se_scores",
+    "write_report",
+]
+
+#: Metrics in the tables, in this order: key -> (title, scale for display, decimals).
+TABLE_METRICS: dict[str, tuple[str, float, int]] = {
+    "f1_macro": ("F1-macro (%)", 100.0, 1),
+    "ssnr": ("Segmental SNR (dB)", 1.0, 2),
+    "pesq": ("PESQ (wide-band)", 1.0, 2),
+    "stoi": ("STOI", 1.0, 3),
+}
+#: Display name of the embedded corpus (dataset name in model cards).
+DEFAULT_DATASET_NAME = "merit embedded eSpeak corpus"
+#: Name of the unprocessed-input row (the SSNR of the noisy mixture itself).
+UNPROCESSED = "unprocessed"
+_CONDITION = re.compile(r"^(seen|unseen)_(-?\d+(?:\.\d+)?)dB$")
+# Segmental SNR needs one 30 ms frame plus one hop (480 + 120 samples at 16 kHz).
+_MIN_SSNR_SECONDS = 0.0375
+
+
+# --------------------------------------------------------------------------------------------
+# Systems
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    """What a system says about a batch: emotion logits and/or enhanced waveforms.
+
+    ``enhanced`` holds one array per input, trimmed to that input's length.
+    """
+
+    logits: np.ndarray | None = None
+    enhanced: list[np.ndarray] | None = None
+
+
+@runtime_checkable
+class System(Protocol):
+    """The interface :func:`evaluate_systems` needs: label names (``None`` without an emotion
+    head), whether it enhances, and batched prediction on raw 16 kHz waveforms."""
+
+    label_names: list[str] | None
+    enhances: bool
+
+    def predict(self, waveforms: Sequence[np.ndarray]) -> Prediction: ...
+
+
+class ModelSystem:
+    """A MERIT model (any variant) behind the :class:`System` interface."""
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None) -> None:
+        from modeling_merit import MeritFeatureExtractor
+
+        config = model.config
+        self.model = model.eval()
+        self.device = (
+            torch.device(device) if device is not None else next(model.parameters()).device
+        )
+        self.model.to(self.device)
+        self.feature_extractor = MeritFeatureExtractor(sampling_rate=config.sampling_rate)
+        tasks = list(getattr(config, "tasks", ["ser", "se"]))
+        has_classifier = "ser" in tasks and getattr(config, "categorical_head", True)
+        self.label_names = (
+            [str(config.id2label[i]) for i in range(config.num_labels)] if has_classifier else None
+        )
+        self.enhances = "se" in tasks
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | None = None) -> ModelSystem:
+        """Load a saved model folder (or Hub id) as written by ``train.py``."""
+        from merit.inference import load_model
+
+        model, _ = load_model(str(path), device=device or "cpu")
+        return cls(model)
+
+    @torch.no_grad()
+    def predict(self, waveforms: Sequence[np.ndarray]) -> Prediction:
+        inputs = self.feature_extractor(
+            list(waveforms),
+            sampling_rate=self.feature_extractor.sampling_rate,
+            return_tensors="pt",
+        )
+        outputs = self.model(
+            input_values=inputs["input_values"].to(self.device),
+            attention_mask=inputs["attention_mask"].to(self.device),
+        )
+        logits = None if outputs.logits is None else outputs.logits.float().cpu().numpy()
+        enhanced = None
+        if self.enhances and outputs.enhanced_waveform is not None:
+            full = outputs.enhanced_waveform.float().cpu().numpy()
+            enhanced = [full[i, : len(w)] for i, w in enumerate(waveforms)]
+        return Prediction(
+            logits=logits if self.label_names is not None else None, enhanced=enhanced
+        )
+
+
+class UnprocessedInput:
+    """The noisy input passed through unchanged: the SE floor (no emotion head)."""
+
+    label_names = None
+    enhances = True
+
+    def predict(self, waveforms: Sequence[np.ndarray]) -> Prediction:
+        return Prediction(enhanced=[np.asarray(w, dtype=np.float32) for w in waveforms])
+
+
+class CascadeSystem:
+    """SE pre-processing baseline: ``enhancer``'s output is what ``recognizer`` classifies.
+
+    Its SE metrics are the enhancer's, its SER metrics the recognizer's on enhanced speech.
+    """
+
+    def __init__(self, enhancer: System, recognizer: System) -> None:
+        if not enhancer.enhances:
+            raise ValueError("the cascade's first system must enhance speech (an SE model)")
+        if recognizer.label_names is None:
+            raise ValueError("the cascade's second system must classify emotions (an SER model)")
+        self.enhancer = enhancer
+        self.recognizer = recognizer
+        self.label_names = recognizer.label_names
+        self.enhances = True
+
+    def predict(self, waveforms: Sequence[np.ndarray]) -> Prediction:
+        enhanced = self.enhancer.predict(waveforms).enhanced
+        assert enhanced is not None  # guaranteed by the check in __init__
+        return Prediction(logits=self.recognizer.predict(enhanced).logits, enhanced=enhanced)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics per utterance
+# --------------------------------------------------------------------------------------------
+
+
+def utterance_se_scores(
+    clean: np.ndarray,
+    enhanced: np.ndarray,
+    *,
+    sampling_rate: int = 16000,
+    with_pesq: bool = False,
+    with_stoi: bool = False,
+) -> dict[str, float]:
+    """SSNR and SI-SDR (plus optional PESQ/STOI) of one utterance; ``nan`` when too short.
+
+    Clips shorter than one SSNR frame cannot be scored but should not abort a benchmark; they
+    count as ``nan`` and are left out of the (nan-ignoring) averages.
+    """
+    keys = ["ssnr", "si_sdr"] + ["pesq"] * with_pesq + ["stoi"] * with_stoi
+    if len(clean) < _MIN_SSNR_SECONDS * sampling_rate:
+        return dict.fromkeys(keys, math.nan)
+    short_for_pesq = len(clean) < 0.25 * sampling_rate
+    scores = se_metrics(
+        clean,
+        enhanced,
+        sample_rate=sampling_rate,
+        with_pesq=with_pesq and not short_for_pesq,
+        with_stoi=with_stoi,
+    )
+    return {key: float(scores.get(key, math.nan)) for key in keys}
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def parse_condition(name: str) -> tuple[str, float | None]:
+    """``"seen_-5dB"`` -> ``("seen", -5.0)``, ``"clean"`` -> ``("clean", None)``; other names
+    (custom conditions) -> ``(name, None)``."""
+    match = _CONDITION.match(name)
+    if match:
+        return match.group(1), float(match.group(2))
+    return name, None
+
+
+@dataclass
+class EvaluationResult:
+    """Rows (one per system and condition) plus the raw SER decisions behind them.
+
+    ``rows`` are plain dicts: ``system``, ``condition``, ``noise`` (``seen``/``unseen``/
+    ``clean``), ``snr`` (``None`` for clean), ``num_utterances`` and the metrics the system
+    has (``f1_macro``, ``accuracy``, ``uar`` with an emotion head; ``ssnr``, ``si_sdr`` and
+    optionally ``pesq``/``stoi`` when it enhances). ``decisions[system][condition]`` is
+    ``(predicted ids, reference ids)`` and ``label_names[system]`` names the ids.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    decisions: dict[str, dict[str, tuple[list[int], list[int]]]] = field(default_factory=dict)
+    label_names: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def systems(self) -> list[str]:
+        return list(dict.fromkeys(row["system"] for row in self.rows))
+
+    @property
+    def conditions(self) -> list[str]:
+        return list(dict.fromkeys(row["condition"] for row in self.rows))
+
+    def get(self, system: str, condition: str) -> dict[str, Any] | None:
+        return next(
+            (r for r in self.rows if r["system"] == system and r["condition"] == condition), None
+        )
+
+
+def _reference_ids(labels: Sequence[Any], label_names: list[str]) -> np.ndarray:
+    """Label names (or already-encoded ids) -> ids in the system's own label order."""
+    if all(isinstance(label, (int, np.integer)) for label in labels):
+        return np.asarray(labels, dtype=np.int64)
+    label2id = {name: i for i, name in enumerate(label_names)}
+    names = [str(label) for label in labels]
+    check_labels(names, label2id)
+    return np.asarray([label2id[name] for name in names], dtype=np.int64)
+
+
+def _length_sorted_batches(dataset: Dataset, batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of similar length, so padding wastes little compute."""
+    import pyarrow.compute as pc
+
+    column = dataset.with_format("arrow")["input_values"]
+    lengths = np.asarray(pc.list_value_length(column).to_numpy(zero_copy_only=False))
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def evaluate_systems(
+    systems: Mapping[str, System],
+    eval_sets: Mapping[str, Dataset],
+    *,
+    batch_size: int = 8,
+    with_pesq: bool = False,
+    with_stoi: bool = False,
+    sampling_rate: int = 16000,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Run every system on every condition; see :class:`EvaluationResult` for the output.
+
+    ``eval_sets`` maps condition names to datasets with ``input_values``, ``clean_values`` and
+    ``label`` (names, or ids in the systems' label order), as built by
+    :func:`merit.data.build_eval_sets`. Unknown label names raise ``ValueError`` before any
+    inference. Utterances are batched by length; results do not depend on the batching.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not systems:
+        raise ValueError("no systems to evaluate")
+    if not eval_sets:
+        raise ValueError("no evaluation sets")
+    for name, system in systems.items():
+        if not isinstance(system, System):
+            raise TypeError(f"system {name!r} does not implement predict/label_names/enhances")
+    references: dict[tuple[str, str], np.ndarray] = {}
+    for condition, dataset in eval_sets.items():
+        missing = {"input_values", "clean_values", "label"} - set(dataset.column_names)
+        if missing:
+            raise ValueError(f"eval set {condition!r} lacks column(s) {sorted(missing)}")
+        labels = list(dataset["label"])
+        for name, system in systems.items():
+            if system.label_names is not None:
+                references[name, condition] = _reference_ids(labels, system.label_names)
+
+    result = EvaluationResult()
+    total = sum(len(d) for d in eval_sets.values())
+    for name, system in systems.items():
+        if system.label_names is not None:
+            result.label_names[name] = list(system.label_names)
+            result.decisions[name] = {}
+        with tqdm(total=total, desc=f"evaluate {name}", unit="utt", disable=not progress) as bar:
+            for condition, dataset in eval_sets.items():
+                row, decisions = _evaluate_condition(
+                    system,
+                    dataset.with_format("numpy"),
+                    references.get((name, condition)),
+                    batch_size=batch_size,
+                    with_pesq=with_pesq,
+                    with_stoi=with_stoi,
+                    sampling_rate=sampling_rate,
+                    on_batch=bar.update,
+                )
+                noise, snr = parse_condition(condition)
+                result.rows.append(
+                    {"system": name, "condition": condition, "noise": noise, "snr": snr, **row}
+                )
+                if decisions is not None:
+                    result.decisions[name][condition] = decisions
+    return result
+
+
+def _evaluate_condition(
+    system: System,
+    dataset: Dataset,
+    refs: np.ndarray | None,
+    *,
+    batch_size: int,
+    with_pesq: bool,
+    with_stoi: bool,
+    sampling_rate: int,
+    on_batch: Callable[[int], Any],
+) -> tuple[dict[str, Any], tuple[list[int], list[int]] | None]:
+    predictions = np.full(len(dataset), -1, dtype=np.int64)
+    scores: list[dict[str, float]] = []
+    for indices in _length_sorted_batches(dataset, batch_size):
+        batch = dataset[indices]
+        noisy = [np.asarray(x, dtype=np.float32) for x in batch["input_values"]]
+        out = system.predict(noisy)
+        if system.label_names is not None:
+            if out.logits is None:
+                raise RuntimeError("a system with label_names returned no logits")
+            predictions[indices] = out.logits.argmax(-1)
+        if system.enhances:
+            if out.enhanced is None:
+                raise RuntimeError("a system that enhances returned no enhanced audio")
+            for clean, enhanced in zip(batch["clean_values"], out.enhanced, strict=True):
+                scores.append(
+                    utterance_se_scores(
+                        np.asarray(clean, dtype=np.float32),
+                        enhanced,
+                        sampling_rate=sampling_rate,
+                        with_pesq=with_pesq,
+                        with_stoi=with_stoi,
+                    )
+                )
+        on_batch(len(indices))
+    row: dict[str, Any] = {"num_utterances": len(dataset)}
+    decisions = None
+    if refs is not None and system.label_names is not None:
+        row.update(ser_metrics(predictions, refs, len(system.label_names)))
+        decisions = (predictions.tolist(), refs.tolist())
+    if scores:
+        for key in scores[0]:
+            values = np.array([s[key] for s in scores], dtype=np.float64)
+            row[key] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+    return row, decisions
+
+
+# --------------------------------------------------------------------------------------------
+# Tables, plots, report
+# --------------------------------------------------------------------------------------------
+
+
+def table_columns(conditions: Sequence[str]) -> list[str]:
+    """Paper order: clean, then seen by rising SNR, then unseen by rising SNR, then others."""
+
+    def key(name: str) -> tuple[int, float, str]:
+        noise, snr = parse_condition(name)
+        rank = {"clean": 0, "seen": 1, "unseen": 2}.get(noise, 3)
+        return rank, snr if snr is not None else 0.0, name
+
+    return sorted(dict.fromkeys(conditions), key=key)
+
+
+def _column_title(condition: str) -> str:
+    noise, snr = parse_condition(condition)
+    if snr is None:
+        return noise.capitalize() if noise == "clean" else noise
+    return f"{noise.capitalize()} {snr:g} dB"
+
+
+def _metrics_present(result: EvaluationResult) -> list[str]:
+    return [m for m in TABLE_METRICS if any(m in row for row in result.rows)]
+
+
+def format_markdown(result: EvaluationResult, metrics: Sequence[str] | None = None) -> str:
+    """One Markdown table per metric: rows = systems, columns = conditions (``-`` = n/a)."""
+    columns = table_columns(result.conditions)
+    lines: list[str] = []
+    for metric in metrics or _metrics_present(result):
+        title, scale, decimals = TABLE_METRICS[metric]
+        systems = [s for s in result.systems if any(metric in r for r in _rows(result, s))]
+        if not systems:
+            continue
+        lines += [f"### {title}", ""]
+        lines.append("| System | " + " | ".join(_column_title(c) for c in columns) + " |")
+        lines.append("|---|" + "---:|" * len(columns))
+        for system in systems:
+            cells = []
+            for condition in columns:
+                value = (result.get(system, condition) or {}).get(metric)
+                ok = value is not None and math.isfinite(value)
+                cells.append(f"{value * scale:.{decimals}f}" if ok else "-")
+            lines.append(f"| {system} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _rows(result: EvaluationResult, system: str) -> list[dict[str, Any]]:
+    return [r for r in result.rows if r["system"] == system]
+
+
+def write_csv(result: EvaluationResult, path: str | Path) -> None:
+    """Wide CSV (``metric, system, <condition>...``) with raw values (F1 as a fraction)."""
+    columns = table_columns(result.conditions)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["metric", "system", *columns])
+        for metric in _metrics_present(result):
+            for system in result.systems:
+                values = [(result.get(system, c) or {}).get(metric) for c in columns]
+                if all(v is None for v in values):
+                    continue
+                writer.writerow(
+                    [metric, system, *("" if v is None else f"{v:.6g}" for v in values)]
+                )
+
+
+def plot_f1_vs_snr(result: EvaluationResult, path: str | Path) -> None:
+    """F1-macro against SNR: one colour per system, seen noise solid, unseen dashed; the clean
+    score is a marker at the right end."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    snrs = sorted({r["snr"] for r in result.rows if r["snr"] is not None})
+    clean_x = (snrs[-1] + 5.0) if snrs else 0.0
+    for index, system in enumerate(s for s in result.systems if s in result.label_names):
+        color = f"C{index % 10}"
+        for noise, style in (("seen", "-"), ("unseen", "--")):
+            points = sorted(
+                (r["snr"], r["f1_macro"])
+                for r in _rows(result, system)
+                if r["noise"] == noise and r["snr"] is not None and "f1_macro" in r
+            )
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, style, color=color, marker="o", label=f"{system} ({noise})")
+        clean = result.get(system, "clean")
+        if clean is not None and "f1_macro" in clean:
+            ax.plot([clean_x], [clean["f1_macro"]], marker="*", markersize=12, color=color)
+    has_clean = "clean" in result.conditions
+    ax.set_xticks(
+        [*snrs, clean_x] if has_clean else snrs,
+        labels=[f"{s:g}" for s in snrs] + (["clean"] if has_clean else []),
+    )
+    ax.set_xlabel("SNR (dB)")
+    ax.set_ylabel("F1-macro")
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+    ax.set_title("Emotion recognition vs. SNR (solid: seen noise, dashed: unseen)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "system"
+
+
+def write_report(
+    result: EvaluationResult, out_dir: str | Path, *, confusion_snr: float = 0.0
+) -> dict[str, Path]:
+    """Write ``table.md``, ``table.csv``, ``rows.json``, ``f1_vs_snr.png`` and one confusion
+    matrix per SER system and noise kind at ``confusion_snr`` dB; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "table_md": out / "table.md",
+        "table_csv": out / "table.csv",
+        "rows": out / "rows.json",
+    }
+    header = (
+        "Test speakers; rows are systems, columns the noise condition (seen noise types were "
+        "used in training, unseen ones were not). `-`: the system has no such output.\n\n"
+    )
+    paths["table_md"].write_text(header + format_markdown(result), encoding="utf-8")
+    write_csv(result, paths["table_csv"])
+    paths["rows"].write_text(json.dumps(result.rows, indent=2, allow_nan=True) + "\n")
+    if result.label_names:
+        paths["plot"] = out / "f1_vs_snr.png"
+        plot_f1_vs_snr(result, paths["plot"])
+    for system, by_condition in result.decisions.items():
+        for condition, (predicted, reference) in by_condition.items():
+            noise, snr = parse_condition(condition)
+            if snr is None or not math.isclose(snr, confusion_snr):
+                continue
+            fig = confusion_matrix_figure(predicted, reference, result.label_names[system])
+            fig.axes[0].set_title(f"{system}: {_column_title(condition)}")
+            path = out / f"confusion_{_safe_name(system)}_{condition}.png"
+            fig.savefig(path, dpi=110)
+            paths[f"confusion_{system}_{condition}"] = path
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Data for the command line and for train.py
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_data_sources(dataset: str | None, noise_dir: str | None) -> tuple[str, Path, str]:
+    """Dataset source, noise folder and a display name, defaulting to the embedded corpus.
+
+    A dataset folder with a ``noise/`` sub-folder (the embedded corpus layout) provides its own
+    noise; any other dataset without ``noise_dir`` borrows the embedded corpus' noise bank.
+    """
+    from merit.corpus import ensure_corpus
+
+    if dataset is None:
+        corpus = ensure_corpus()
+        return str(corpus), Path(noise_dir) if noise_dir else corpus / "noise", DEFAULT_DATASET_NAME
+    if noise_dir is not None:
+        return dataset, Path(noise_dir), dataset
+    own = Path(dataset).expanduser() / "noise"
+    if own.is_dir():
+        return dataset, own, dataset
+    return dataset, ensure_corpus() / "noise", dataset
+
+
+def load_noise_banks(noise_dir: str | Path) -> tuple[NoiseBank, NoiseBank | None]:
+    """Seen (training) and unseen (test-only) banks; a folder without unseen noise gives
+    ``None`` for it, and the unseen columns are then left out."""
+    seen = NoiseBank.from_dir(noise_dir, split="seen")
+    try:
+        unseen = NoiseBank.from_dir(noise_dir, split="unseen")
+    except ValueError:
+        unseen = None
+    return seen, unseen
+
+
+def spread_subset(dataset: Dataset, limit: int | None) -> Dataset:
+    """At most ``limit`` rows, evenly spaced: corpora are often sorted by label or speaker, so
+    the first rows would cover one class only."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    if limit < 1:
+        raise ValueError(f"the number of utterances to keep must be positive, got {limit}")
+    rows = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(int))
+    return dataset.select(rows.tolist())
+
+
+def drop_unreadable(
+    split: Dataset, *, skip: bool, min_samples: int = 400, name: str = "dataset"
+) -> tuple[Dataset, list[str]]:
+    """Read every file once so that broken audio fails now, naming the files, not mid-run.
+
+    With ``skip`` the unreadable or too-short files are dropped instead and listed in the
+    returned messages.
+    """
+    problems: list[tuple[int, str]] = []
+    for index, audio in enumerate(split.with_format("python")["audio"]):
+        try:
+            samples = len(load_audio(audio))
+        except AudioError as err:
+            problems.append((index, str(err)))
+            continue
+        if samples < min_samples:
+            where = audio.get("path") if isinstance(audio, Mapping) else audio
+            problems.append((index, f"{where}: too short ({samples} samples < {min_samples})"))
+    if problems and not skip:
+        listed = "; ".join(message for _, message in problems[:5])
+        raise ValueError(
+            f"{len(problems)} unreadable audio file(s) in the {name} split, e.g. {listed}. "
+            "Fix them or pass --skip_bad_files to leave them out."
+        )
+    if not problems:
+        return split, []
+    bad = {index for index, _ in problems}
+    kept = split.select([i for i in range(len(split)) if i not in bad])
+    if len(kept) == 0:
+        raise ValueError(f"every file of the {name} split is unreadable")
+    return kept, [message for _, message in problems]
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Hide ``datasets``' per-set map/save progress bars (nine conditions make a wall of
+    them); our own bars show the progress that matters."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
+
+
+def build_test_sets(
+    dataset: str | None = None,
+    noise_dir: str | None = None,
+    *,
+    split: str = "test",
+    snrs: Sequence[float] = (-5, 0, 5, 10),
+    seed: int = 1234,
+    include_clean: bool = True,
+    cache_dir: str | Path | None = None,
+    max_utterances: int | None = None,
+    skip_bad_files: bool = False,
+) -> tuple[dict[str, Dataset], str]:
+    """The frozen test conditions of a dataset and its display name.
+
+    ``cache_dir`` keeps the sets on disk (memory-mapped, reused by later runs with the same
+    data and settings); without it a temporary folder is used, so memory stays small.
+    """
+    source, noise, display = resolve_data_sources(dataset, noise_dir)
+    splits = load_speech_dataset(source)
+    if split not in splits:
+        raise ValueError(f"dataset {display!r} has no {split!r} split (has {list(splits)})")
+    test = spread_subset(splits[split], max_utterances)
+    test, skipped = drop_unreadable(test, skip=skip_bad_files, name=split)
+    for message in skipped:
+        print(f"skipped: {message}")
+    seen, unseen = load_noise_banks(noise)
+    if cache_dir is None:
+        cache_dir = tempfile.mkdtemp(prefix="merit-eval-")
+    with quiet_datasets():
+        sets = build_eval_sets(
+            test, seen, unseen, snrs=snrs, seed=seed, include_clean=include_clean, out_dir=cache_dir
+        )
+    return sets, display
+
+
+def _build_systems(args: argparse.Namespace) -> dict[str, System]:
+    names = args.names or []
+    if names and len(names) != len(args.models or []):
+        raise ValueError(f"--names has {len(names)} entries for {len(args.models or [])} models")
+    systems: dict[str, System] = {}
+    if args.unprocessed:
+        systems[UNPROCESSED] = UnprocessedInput()
+    loaded: dict[str, ModelSystem] = {}
+
+    def load(path: str) -> ModelSystem:
+        if path not in loaded:
+            loaded[path] = ModelSystem.from_pretrained(path, device=args.device)
+        return loaded[path]
+
+    for index, path in enumerate(args.models or []):
+        name = names[index] if names else Path(path).name
+        if name in systems:
+            raise ValueError(f"two systems are named {name!r}; give distinct --names")
+        systems[name] = load(path)
+    for pair_index, (se_path, ser_path) in enumerate(args.cascade or []):
+        name = "cascade" if pair_index == 0 else f"cascade-{pair_index + 1}"
+        systems[name] = CascadeSystem(load(se_path), load(ser_path))
+    if len(systems) == int(args.unprocessed):
+        raise ValueError("nothing to evaluate: give --models and/or --cascade")
+    return systems
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evaluate_models.py",
+        description=(
+            "Evaluate trained MERIT models (and the SE->SER cascade baseline) on frozen noisy "
+            "test sets; writes table.md, table.csv, rows.json, f1_vs_snr.png and confusion "
+            "matrices."
+        ),
+    )
+    parser.add_argument("--models", nargs="+", default=[], metavar="DIR", help="model folders")
+    parser.add_argument("--names", nargs="+", help="display names, one per --models entry")
+    parser.add_argument(
+        "--cascade",
+        nargs=2,
+        action="append",
+        metavar=("SE_MODEL", "SER_MODEL"),
+        help="add the SE pre-processing baseline: SE_MODEL's output classified by SER_MODEL",
+    )
+    parser.add_argument("--dataset", help="dataset (default: the embedded corpus)")
+    parser.add_argument("--noise_dir", help="noise folder (default: the corpus' noise bank)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--snrs", nargs="+", type=float, default=[-5.0, 0.0, 5.0, 10.0])
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the frozen noise")
+    parser.add_argument("--no_clean", action="store_true", help="leave out the clean condition")
+    parser.add_argument(
+        "--no_unprocessed",
+        dest="unprocessed",
+        action="store_false",
+        help="leave out the unprocessed-input row (SSNR of the noisy mixture)",
+    )
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--pesq", action="store_true", help="also compute PESQ (slow)")
+    parser.add_argument("--stoi", action="store_true", help="also compute STOI (slow)")
+    parser.add_argument(
+        "--max_utterances", type=int, help="evaluate N evenly spaced utterances (quick runs)"
+    )
+    parser.add_argument("--cache_dir", help="keep the frozen test sets here for reuse")
+    parser.add_argument("--skip_bad_files", action="store_true")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    parser.add_argument("--out", default="results", help="output folder")
+    parser.add_argument("--no_progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> EvaluationResult:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        systems = _build_systems(args)
+        eval_sets, _ = build_test_sets(
+            args.dataset,
+            args.noise_dir,
+            split=args.split,
+            snrs=args.snrs,
+            seed=args.seed,
+            include_clean=not args.no_clean,
+            cache_dir=args.cache_dir,
+            max_utterances=args.max_utterances,
+            skip_bad_files=args.skip_bad_files,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    result = evaluate_systems(
+        systems,
+        eval_sets,
+        batch_size=args.batch_size,
+        with_pesq=args.pesq,
+        with_stoi=args.stoi,
+        progress=not args.no_progress,
+    )
+    paths = write_report(result, args.out)
+    print(format_markdown(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return result

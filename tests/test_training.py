@@ -1,0 +1,348 @@
+"""Training entry point: variants, config files, a real (tiny) run, resume, LoRA, bad data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, TrainerCallback
+
+from merit import training
+from merit.data import NoiseBank, NoisyMixer, load_speech_dataset
+from merit.evaluation import ModelSystem, build_test_sets, evaluate_systems
+from merit.training import (
+    ModelArguments,
+    NoisyTrainingSet,
+    build_model,
+    parse_args,
+    variant_config_kwargs,
+)
+
+LABELS = {0: "neutral", 1: "happy", 2: "sad", 3: "angry"}
+#: A model small enough for a few training steps in seconds.
+TINY = [
+    "--tiny_hidden_size",
+    "32",
+    "--tiny_layers",
+    "2",
+    "--hidden_size",
+    "16",
+    "--expert_hidden_size",
+    "32",
+    "--num_experts",
+    "4",
+    "--per_device_train_batch_size",
+    "2",
+    "--per_device_eval_batch_size",
+    "4",
+    "--max_train_seconds",
+    "1.0",
+    "--disable_tqdm",
+    "True",
+]
+#: No evaluation, checkpoints every 2 steps: for runs that only test the training loop.
+LOOP_ONLY = [
+    "--eval_strategy",
+    "no",
+    "--load_best_model_at_end",
+    "False",
+    "--do_predict",
+    "False",
+    "--save_steps",
+    "2",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and two OpenMP threads slow down many
+    times over when the cores are busy with other work (measured: 160 s instead of 15 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_variants_build_the_matching_configs():
+    expected = {
+        "sparse": ("sparse", ["ser", "se"]),
+        "dense": ("dense", ["ser", "se"]),
+        "naive-mtl": ("shared", ["ser", "se"]),
+        "ser-only": ("sparse", ["ser"]),
+        "se-only": ("sparse", ["se"]),
+    }
+    for variant, (routing, tasks) in expected.items():
+        assert variant_config_kwargs(variant) == {"routing": routing, "tasks": tasks}
+        args = ModelArguments(variant=variant, tiny_hidden_size=32, tiny_layers=1, num_experts=4)
+        model = build_model(args, LABELS)
+        assert (model.config.routing, model.config.tasks) == (routing, tasks)
+        assert (model.ser_head is not None) == ("ser" in tasks)
+        assert (model.se_head is not None) == ("se" in tasks)
+        assert hasattr(model, "gates") == (routing != "shared")
+        assert model.config.id2label == LABELS
+        # "tiny" defaults: MERIT widths 128/256 and a trainable conv encoder.
+        assert (model.config.hidden_size, model.config.expert_hidden_size) == (128, 256)
+        assert all(p.requires_grad for p in model.backbone.feature_extractor.parameters())
+    with pytest.raises(ValueError, match="unknown variant 'moe'"):
+        variant_config_kwargs("moe")
+
+
+def test_best_metric_follows_the_variant():
+    for variant, metric in (("sparse", "f1_macro"), ("se-only", "ssnr")):
+        _, _, args = parse_args(["--variant", variant, "--output_dir", "x"])
+        training._resolve_best_metric(args, variant)
+        assert (args.metric_for_best_model, args.greater_is_better) == (metric, True)
+    _, _, args = parse_args(["--metric_for_best_model", "uar"])
+    training._resolve_best_metric(args, "sparse")
+    assert args.metric_for_best_model == "uar"
+
+
+def test_defaults_and_config_files(tmp_path):
+    model_args, data_args, args = parse_args([])
+    assert (model_args.backbone, model_args.variant, model_args.peft) == ("tiny", "sparse", "none")
+    assert args.output_dir == "outputs/merit-sparse"
+    assert args.remove_unused_columns is False and args.load_best_model_at_end is True
+    assert data_args.snr_range == [-5.0, 20.0] and data_args.dataset is None
+
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("variant: dense\nlearning_rate: 0.0005\nsnr_range: [0, 10]\n")
+    model_args, data_args, args = parse_args(["--config", str(yaml_file), "--variant", "ser-only"])
+    assert model_args.variant == "ser-only"  # the command line wins over the file
+    assert args.learning_rate == 0.0005 and data_args.snr_range == [0, 10]
+
+    json_file = tmp_path / "run.json"
+    json_file.write_text(json.dumps({"peft": "lora", "lora_r": 4, "max_steps": 7}))
+    model_args, _, args = parse_args([str(json_file)])
+    assert (model_args.peft, model_args.lora_r, args.max_steps) == ("lora", 4, 7)
+
+    json_file.write_text(json.dumps({"lora_rank": 4}))
+    with pytest.raises(SystemExit):
+        parse_args([str(json_file)])
+    with pytest.raises(SystemExit):
+        parse_args(["--variant", "moe"])
+
+
+def test_training_noise_depends_only_on_seed_epoch_and_example(tiny_corpus):
+    train = load_speech_dataset(str(tiny_corpus))["train"]
+    mixer = NoisyMixer(
+        NoiseBank.from_dir(tiny_corpus / "noise"),
+        {name: i for i, name in enumerate(LABELS.values())},
+        clean_prob=0.0,
+        max_seconds=1.0,
+    )
+    data = NoisyTrainingSet(train, mixer, seed=3)
+    first = data[5]
+    torch.manual_seed(123)  # the global RNG plays no part
+    np.random.seed(9)
+    again = NoisyTrainingSet(train, mixer, seed=3)[5]
+    np.testing.assert_array_equal(first["input_values"], again["input_values"])
+    assert first["label"] == list(LABELS.values()).index(train[5]["label"])
+    assert len(first["input_values"]) == 16000 and math.isfinite(first["snr"])
+    assert not np.allclose(first["input_values"], first["clean_values"])
+    data.set_epoch(1)
+    assert not np.allclose(data[5]["input_values"], first["input_values"])
+    other_seed = NoisyTrainingSet(train, mixer, seed=4)[5]
+    assert not np.allclose(other_seed["input_values"], first["input_values"])
+    assert len(data) == len(train)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_two_step_run_saves_a_complete_loadable_folder(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    results = training.main(
+        [
+            "--dataset",
+            str(tiny_corpus),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--eval_steps",
+            "1",
+            "--save_steps",
+            "1",
+            "--logging_steps",
+            "1",
+            "--eval_snrs",
+            "0",
+            "--max_eval_samples",
+            "4",
+            "--max_test_samples",
+            "4",
+            *TINY,
+        ]
+    )
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "configuration_merit.py",
+        "modeling_merit.py",
+        "feature_extraction_merit.py",
+        "README.md",
+        "results.json",
+        "evaluation/table.md",
+        "evaluation/f1_vs_snr.png",
+    ):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForAudioClassification"}
+    assert config["routing"] == "sparse" and config["tasks"] == ["ser", "se"]
+    assert "Sparse MERIT" in (out / "README.md").read_text()
+
+    # The best checkpoint (by validation F1) is what ends up in the output folder.
+    assert results["global_step"] == 2 and results["metric_for_best_model"] == "f1_macro"
+    best = Path(results["best_checkpoint"])
+    assert best.parent == out and best.name in {"checkpoint-1", "checkpoint-2"}
+    saved, from_best = _weights(out), _weights(best)
+    assert saved.keys() == from_best.keys()
+    assert all(torch.equal(saved[k], from_best[k]) for k in saved)
+
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["test"] == pytest.approx(results["test"])
+    test = results["test"]
+    assert 0.0 <= test["clean_f1_macro"] <= 1.0
+    assert test["seen_0dB_ssnr_improvement"] == pytest.approx(
+        test["seen_0dB_ssnr_enhanced"] - test["seen_0dB_ssnr_noisy"]
+    )
+
+    # Reloaded with trust_remote_code, the folder reproduces the numbers of the training run.
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    assert type(model).__name__ == "MeritModel"
+    assert type(AutoFeatureExtractor.from_pretrained(out, trust_remote_code=True)).__name__ == (
+        "MeritFeatureExtractor"
+    )
+    sets, _ = build_test_sets(str(tiny_corpus), snrs=(0,), max_utterances=4)
+    again = evaluate_systems({"sparse": ModelSystem(model)}, sets, progress=False)
+    for row in again.rows:
+        logged = next(
+            r
+            for r in results["test_rows"]
+            if r["system"] == "sparse" and r["condition"] == row["condition"]
+        )
+        assert row["f1_macro"] == pytest.approx(logged["f1_macro"])
+        assert row["ssnr"] == pytest.approx(logged["ssnr"], abs=1e-4)
+
+
+class _StopAt(TrainerCallback):
+    """Ends training after ``step`` as if the job had been killed right after a checkpoint."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_resume_continues_where_the_interrupted_run_stopped(tiny_corpus, tmp_path):
+    def run(out: Path, *extra: str, callbacks=None) -> dict:
+        argv = ["--dataset", str(tiny_corpus), "--output_dir", str(out), "--max_steps", "4"]
+        argv += ["--logging_steps", "1", "--seed", "7", *LOOP_ONLY, *TINY, *extra]
+        return training.main(argv, callbacks=callbacks)
+
+    straight = run(tmp_path / "straight")
+    interrupted = run(tmp_path / "resumed", callbacks=[_StopAt(2)])
+    assert interrupted["global_step"] == 2
+    assert not (tmp_path / "resumed" / "checkpoint-4").exists()
+    resumed = run(
+        tmp_path / "resumed", "--resume_from_checkpoint", str(tmp_path / "resumed/checkpoint-2")
+    )
+    assert straight["global_step"] == resumed["global_step"] == 4
+
+    a, b = tmp_path / "straight/checkpoint-4", tmp_path / "resumed/checkpoint-4"
+    weights_a, weights_b = _weights(a), _weights(b)
+    for key in weights_a:
+        torch.testing.assert_close(weights_a[key], weights_b[key], rtol=0, atol=1e-6)
+    optim_a = torch.load(a / "optimizer.pt", weights_only=True)["state"]
+    optim_b = torch.load(b / "optimizer.pt", weights_only=True)["state"]
+    assert optim_a.keys() == optim_b.keys()
+    for key in optim_a:
+        assert int(optim_a[key]["step"]) == int(optim_b[key]["step"]) == 4
+        torch.testing.assert_close(
+            optim_a[key]["exp_avg"], optim_b[key]["exp_avg"], atol=1e-6, rtol=0
+        )
+
+    def losses(folder: Path) -> list[float]:
+        history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+        return [h["loss"] for h in history if "loss" in h]
+
+    # Steps 3 and 4 saw the same examples and noise in both runs.
+    assert losses(a) == pytest.approx(losses(b), abs=1e-5)
+    assert len(losses(b)) == 4
+
+
+def _manifest(corpus: Path, tmp_path: Path, rename: dict[str, str] | None = None) -> Path:
+    """The corpus as a CSV manifest with absolute paths, labels optionally renamed per split."""
+    rows = list(csv.DictReader((corpus / "metadata.csv").open()))
+    rename = rename or {}
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file_name", "label", "speaker", "split"])
+        for row in rows:
+            label = (
+                rename.get(row["split"], row["label"]) if row["label"] == "sad" else row["label"]
+            )
+            writer.writerow([str(corpus / row["file_name"]), label, row["speaker"], row["split"]])
+    return manifest
+
+
+def test_unknown_labels_are_named_before_training(tiny_corpus, tmp_path):
+    noise = ["--noise_dir", str(tiny_corpus / "noise"), "--output_dir", str(tmp_path / "o")]
+    manifest = _manifest(tiny_corpus, tmp_path, rename={"validation": "bored"})
+    with pytest.raises(ValueError, match=r"validation split.*unknown label\(s\) 'bored'"):
+        training.main(["--dataset", str(manifest), *noise])
+    with pytest.raises(ValueError, match=r"unknown label\(s\) 'angry'.*'neutral', 'happy', 'sad'"):
+        training.main(["--dataset", str(tiny_corpus), "--labels", "neutral,happy,sad", *noise])
+    assert not (tmp_path / "o").exists()
+
+
+def test_lora_run_on_a_manifest_with_a_broken_file(tiny_corpus, tmp_path):
+    manifest = _manifest(tiny_corpus, tmp_path)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio at all")
+    with manifest.open("a", newline="") as handle:
+        csv.writer(handle).writerow([str(broken), "happy", "spk99", "train"])
+    common = ["--dataset", str(manifest), "--noise_dir", str(tiny_corpus / "noise"), *TINY]
+    out = tmp_path / "lora"
+    with pytest.raises(ValueError, match=r"broken\.wav.*--skip_bad_files"):
+        training.main([*common, "--output_dir", str(out)])
+
+    model = build_model(ModelArguments(peft="lora", tiny_hidden_size=32, tiny_layers=2), LABELS)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_" in name for name in trainable)
+    assert all("lora_" in name or "modules_to_save" in name for name in trainable), trainable
+    assert not any("backbone" in name and "lora_" not in name for name in trainable)
+
+    results = training.main(
+        [
+            *common,
+            "--output_dir",
+            str(out),
+            "--peft",
+            "lora",
+            "--max_steps",
+            "2",
+            "--skip_bad_files",
+        ]
+        + LOOP_ONLY
+    )
+    assert len(results["skipped_files"]) == 1 and "broken.wav" in results["skipped_files"][0]
+    # The adapters are merged: the folder is a plain MERIT model, no PEFT needed to load it.
+    assert not (out / "adapter_config.json").exists()
+    assert AutoConfig.from_pretrained(out, trust_remote_code=True).model_type == "merit"
+    merged = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    wave = torch.from_numpy(np.sin(np.arange(8000) / 7.0).astype(np.float32))[None]
+    with torch.no_grad():
+        assert torch.isfinite(merged(input_values=wave).logits).all()
