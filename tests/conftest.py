@@ -39,6 +39,22 @@ def make_model(seed: int = 0, **overrides) -> MeritModel:
     return MeritModel(make_config(**overrides))
 
 
+# Smallest corpus the builder accepts: a few seconds to build, for tests that only need files.
+MICRO_CORPUS = dict(
+    num_speakers=3, num_sentences=1, utterances_per_speaker=4, noise_seconds=0.25, progress=False
+)
+
+
+def make_batch(lengths=(8000, 6000), seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random audio of the given lengths, zero-padded, with its attention mask."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(lengths), max(lengths), generator=gen) * 0.1
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    return x * mask, mask
+
+
 @pytest.fixture
 def tiny_model() -> MeritModel:
     return make_model().eval()

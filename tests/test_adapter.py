@@ -5,7 +5,7 @@ import json
 import pytest
 import safetensors.torch
 import torch
-from conftest import make_model
+from conftest import MICRO_CORPUS, make_batch, make_model
 from torch import nn
 from transformers import AutoFeatureExtractor, AutoModel
 
@@ -22,19 +22,6 @@ from merit.adapter_training import (
 )
 from merit.corpus import build_corpus
 from merit.distillation import backbone_hidden_states
-
-MICRO = dict(
-    num_speakers=3, num_sentences=1, utterances_per_speaker=4, noise_seconds=0.25, progress=False
-)
-
-
-def batch(lengths=(5000, 4000), seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(lengths), max(lengths), generator=gen) * 0.1
-    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    for i, n in enumerate(lengths):
-        mask[i, :n] = 1
-    return x * mask, mask
 
 
 def adapter_model(seed=0, **overrides):
@@ -144,7 +131,7 @@ def test_cluster_targets_shape_and_refresh_schedule():
     torch.manual_seed(0)
     model = adapter_model()
     pretrainer = AdapterPretrainer(model, num_clusters=8, refresh_every=3, ema_decay=0.5)
-    x, mask = batch()
+    x, mask = make_batch((5000, 4000))
     optimizer = torch.optim.Adam([p for p in pretrainer.parameters() if p.requires_grad], lr=1e-2)
     history = []
     for _ in range(5):
@@ -187,7 +174,7 @@ def test_every_loss_decreases_then_ser_fine_tuning_learns():
     pretrainer = AdapterPretrainer(
         model, num_clusters=8, refresh_every=1000, ema_decay=0.99, mask_rate=0.4, mask_span=3
     )
-    x, mask = batch()
+    x, mask = make_batch((5000, 4000))
     with torch.no_grad():
         _, frame_mask = backbone_hidden_states(model.backbone, x, mask)
     masked = span_mask(frame_mask, 0.4, 3, torch.Generator().manual_seed(0))
@@ -235,7 +222,7 @@ def test_pretrainer_bad_configuration():
         with pytest.raises(ValueError, match=message):
             AdapterPretrainer(adapter_model(), **kwargs)
     pretrainer = AdapterPretrainer(adapter_model(), num_clusters=4)
-    x, mask = batch()
+    x, mask = make_batch((5000, 4000))
     with pytest.raises(ValueError, match="masked_frames"):
         pretrainer(x, mask, masked_frames=torch.zeros(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="regression loss"):
@@ -244,7 +231,7 @@ def test_pretrainer_bad_configuration():
 
 def test_nothing_masked_gives_zero_masked_losses_not_nan():
     pretrainer = AdapterPretrainer(adapter_model(), num_clusters=4)
-    x, mask = batch()
+    x, mask = make_batch((5000, 4000))
     with torch.no_grad():
         _, frame_mask = backbone_hidden_states(pretrainer.model.backbone, x, mask)
     out = pretrainer(x, mask, masked_frames=torch.zeros_like(frame_mask))
@@ -261,7 +248,7 @@ def test_nothing_masked_gives_zero_masked_losses_not_nan():
 def test_final_model_round_trip_with_remote_code(tmp_path):
     model = adapter_model(tasks=["ser", "se"])
     pretrainer = AdapterPretrainer(model, num_clusters=4)
-    x, mask = batch()
+    x, mask = make_batch((5000, 4000))
     pretrainer(x, mask)  # first clustering: state that must not leak into the model
     prepare_for_finetuning(model).eval()
     save_model(model, tmp_path / "model", {"method": "adapter"})
@@ -285,7 +272,7 @@ def test_final_model_round_trip_with_remote_code(tmp_path):
 
 def test_pretraining_checkpoint_restores_teacher_and_centroids(tmp_path):
     source = AdapterPretrainer(adapter_model(seed=0), num_clusters=4, ema_decay=0.5)
-    x, mask = batch()
+    x, mask = make_batch((5000, 4000))
     source(x, mask)
     with torch.no_grad():
         source.model.integration.projection.weight.add_(0.5)
@@ -308,7 +295,7 @@ def test_pretraining_checkpoint_restores_teacher_and_centroids(tmp_path):
 
 @pytest.fixture(scope="module")
 def micro_corpus(tmp_path_factory):
-    return build_corpus(tmp_path_factory.mktemp("adapter") / "corpus", seed=0, **MICRO)
+    return build_corpus(tmp_path_factory.mktemp("adapter") / "corpus", seed=0, **MICRO_CORPUS)
 
 
 def test_main_pretrains_finetunes_and_resumes(micro_corpus, tmp_path):

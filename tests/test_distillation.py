@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import MICRO_CORPUS, make_batch
 from transformers import AutoFeatureExtractor, AutoModel
 
 from merit.corpus import build_corpus
@@ -21,19 +22,6 @@ from merit.distillation import (
     resolve_checkpoint,
 )
 from modeling_merit import MeritModel
-
-MICRO = dict(
-    num_speakers=3, num_sentences=1, utterances_per_speaker=4, noise_seconds=0.25, progress=False
-)
-
-
-def batch(lengths=(5000, 4000), seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(lengths), max(lengths), generator=gen) * 0.1
-    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    for i, n in enumerate(lengths):
-        mask[i, :n] = 1
-    return x * mask, mask
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +40,7 @@ def test_student_copies_teacher_first_layers(teacher):
     for key, value in student_state.items():
         assert torch.equal(value, teacher_state[key]), key
     # Same weights, same computation: the first layer's output is the teacher's.
-    x, mask = batch()
+    x, mask = make_batch((5000, 4000))
     with torch.no_grad():
         t_states, t_frames = backbone_hidden_states(teacher, x, mask)
         s_states, s_frames = backbone_hidden_states(student.eval(), x, mask)
@@ -131,7 +119,7 @@ def test_distillation_loss_decreases_and_teacher_stays_frozen(teacher):
     distiller = MultiLevelDistiller(teacher, make_student(teacher, 2), "2,3,4").train()
     assert not distiller.teacher.training and distiller.student.training
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    clean, mask = batch()
+    clean, mask = make_batch((5000, 4000))
     noisy = clean + 0.05 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
     trainable = [p for p in distiller.parameters() if p.requires_grad]
     assert len(trainable) == len(list(distiller.student.parameters())) + 6  # 3 linear heads
@@ -152,7 +140,7 @@ def test_distillation_loss_decreases_and_teacher_stays_frozen(teacher):
 
 @pytest.fixture(scope="module")
 def micro_corpus(tmp_path_factory):
-    return build_corpus(tmp_path_factory.mktemp("mlkd") / "corpus", seed=0, **MICRO)
+    return build_corpus(tmp_path_factory.mktemp("mlkd") / "corpus", seed=0, **MICRO_CORPUS)
 
 
 def test_main_saves_a_student_that_builds_merit_models(micro_corpus, tmp_path):
@@ -199,7 +187,7 @@ def test_main_saves_a_student_that_builds_merit_models(micro_corpus, tmp_path):
     ser.save_pretrained(tmp_path / "ser")
     loaded = AutoModel.from_pretrained(tmp_path / "ser", trust_remote_code=True).eval()
     assert type(loaded).__name__ == "MeritModel" and loaded.config.tasks == ["ser"]
-    x, mask = batch()
+    x, mask = make_batch((5000, 4000))
     with torch.no_grad():
         expected = ser.eval()(x, attention_mask=mask).logits
         assert torch.allclose(loaded(x, attention_mask=mask).logits, expected, atol=1e-6)
@@ -221,7 +209,7 @@ def test_normalize_waveforms_uses_valid_samples_only():
 
 
 def test_backbone_input_errors(teacher):
-    x, mask = batch()
+    x, mask = make_batch((5000, 4000))
     with pytest.raises(ValueError, match="too short"):
         backbone_hidden_states(teacher, x[:, :300])
     with pytest.raises(ValueError, match="NaN"):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_config, make_model
+from conftest import make_batch, make_config, make_model
 
 from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, tiny_backbone_config
 from modeling_merit.modeling_merit import (
@@ -18,21 +18,11 @@ from modeling_merit.modeling_merit import (
 SR = 16000
 
 
-def batch(lengths=(8000, 6000), seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    total = max(lengths)
-    x = torch.randn(len(lengths), total, generator=gen) * 0.1
-    mask = torch.zeros(len(lengths), total, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        mask[i, :n] = 1
-    return x * mask, mask
-
-
 @pytest.mark.parametrize("routing", ["sparse", "dense", "shared"])
 @pytest.mark.parametrize("tasks", [["ser", "se"], ["ser"], ["se"]])
 def test_forward_backward_every_mode(routing, tasks):
     model = make_model(routing=routing, tasks=tasks).train()
-    x, mask = batch()
+    x, mask = make_batch()
     out = model(x, attention_mask=mask, labels=torch.tensor([0, 3]), clean_values=x * 0.5)
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -55,7 +45,7 @@ def test_forward_backward_every_mode(routing, tasks):
 
 def test_sparse_gradients_reach_only_chosen_experts():
     model = make_model(tasks=["ser"], num_experts=16, router_top_k=1).eval()
-    x, _ = batch(lengths=(4000,))
+    x, _ = make_batch(lengths=(4000,))
     out = model(x, labels=torch.tensor([1]))
     out.loss.backward()
     chosen = set(out.routing_indices["ser"][out.frame_mask.bool()].flatten().tolist())
@@ -68,7 +58,7 @@ def test_sparse_gradients_reach_only_chosen_experts():
 
 def test_sparse_routing_renormalises_top_k_weights():
     model = make_model().eval()
-    x, mask = batch()
+    x, mask = make_batch()
     out = model(x, attention_mask=mask)
     for task in ("ser", "se"):
         weights = out.routing_weights[task]
@@ -109,7 +99,7 @@ def test_dense_pool_is_weighted_sum_of_all_experts():
 
 def test_dispatch_equals_static_all_expert_compute():
     model = make_model().eval()
-    x, mask = batch()
+    x, mask = make_batch()
     with torch.no_grad():
         dispatched = model(x, attention_mask=mask)
         model.set_expert_dispatch(False)
@@ -128,7 +118,7 @@ def test_padded_batch_equals_one_by_one(backbone, norm):
     )
     torch.manual_seed(0)
     model = MeritModel(config).eval()
-    x, mask = batch(lengths=(8000, 5123, 6400))
+    x, mask = make_batch(lengths=(8000, 5123, 6400))
     with torch.no_grad():
         together = model(x, attention_mask=mask)
         for i, n in enumerate(mask.sum(-1).tolist()):
@@ -153,14 +143,14 @@ def test_enhancement_head_reconstructs_like_torch_istft():
     """With the mask forced to 1 the head must give back the input (perfect reconstruction)."""
     model = make_model(tasks=["se"]).eval()
     torch.nn.init.constant_(model.se_head.mask_out.bias, 50.0)
-    x, _ = batch(lengths=(7000,))
+    x, _ = make_batch(lengths=(7000,))
     with torch.no_grad():
         out = model(x)
     torch.testing.assert_close(out.enhanced_waveform, x, atol=1e-5, rtol=1e-4)
 
 
 def test_class_weights_change_the_loss():
-    x, mask = batch()
+    x, mask = make_batch()
     labels = torch.tensor([0, 1])
     plain = make_model().eval()(x, attention_mask=mask, labels=labels).ser_loss
     weighted_model = make_model(class_weights=[1.0, 5.0, 1.0, 1.0]).eval()
@@ -175,7 +165,7 @@ def test_class_weights_change_the_loss():
 
 def test_dimensional_head_and_ccc_loss():
     model = make_model(dimension_names=["arousal", "valence", "dominance"]).train()
-    x, mask = batch()
+    x, mask = make_batch()
     dims = torch.tensor([[0.2, 0.5, 0.1], [0.9, -0.3, 0.4]])
     out = model(x, attention_mask=mask, dimensions=dims, labels=torch.tensor([0, 1]))
     assert out.dimensions.shape == (2, 3) and torch.isfinite(out.dimension_loss)
@@ -214,7 +204,7 @@ def test_model_rejects_bad_input(tiny_model, bad, message):
 
 
 def test_model_rejects_bad_labels_and_mismatched_targets(tiny_model):
-    x, mask = batch()
+    x, mask = make_batch()
     with pytest.raises(ValueError, match="class ids"):
         tiny_model(x, attention_mask=mask, labels=torch.tensor([0, 9]))
     with pytest.raises(ValueError, match="clean_values"):
@@ -264,7 +254,7 @@ def test_config_validation():
 def test_wap_adapter_option_padding_invariant_and_maskable():
     model = make_model(adapter_layers=2, adapter_heads=4).eval()
     assert model.adapter is not None
-    x, mask = batch(lengths=(8000, 5200))
+    x, mask = make_batch(lengths=(8000, 5200))
     with torch.no_grad():
         together = model(x, attention_mask=mask)
         alone = model(x[1:, :5200])
