@@ -116,6 +116,16 @@ def test_defaults_and_config_files(tmp_path):
     assert model_args.variant == "ser-only"  # the command line wins over the file
     assert args.learning_rate == 0.0005 and data_args.snr_range == [0, 10]
 
+    # The example config spells out the defaults; it must not drift from them.
+    example = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    from_file = parse_args([str(example)])
+
+    def as_dict(arguments) -> dict:
+        return arguments.to_dict() if hasattr(arguments, "to_dict") else vars(arguments)
+
+    for defaults, loaded in zip(parse_args([]), from_file, strict=True):
+        assert as_dict(loaded) == as_dict(defaults)
+
     json_file = tmp_path / "run.json"
     json_file.write_text(json.dumps({"peft": "lora", "lora_r": 4, "max_steps": 7}))
     model_args, _, args = parse_args([str(json_file)])
