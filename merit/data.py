@@ -915,7 +915,7 @@ class DataCollatorForMerit:
         values = torch.zeros(len(signals), length)
         mask = torch.zeros(len(signals), length, dtype=torch.long)
         for row, signal in enumerate(signals):
-            values[row, : len(signal)] = torch.from_numpy(signal)
+            values[row, : len(signal)] = torch.tensor(signal, dtype=torch.float32)
             mask[row, : len(signal)] = 1
         return {"input_values": values, "attention_mask": mask}
 

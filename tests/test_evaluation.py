@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from conftest import make_model
 from datasets import Audio, Dataset
 
@@ -41,16 +40,6 @@ CONDITIONS = [
     "unseen_5dB",
     "unseen_10dB",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and two OpenMP threads slow down many
-    times over when the cores are busy with other work (measured: 160 s instead of 15 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -59,16 +59,6 @@ LOOP_ONLY = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and two OpenMP threads slow down many
-    times over when the cores are busy with other work (measured: 160 s instead of 15 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_variants_build_the_matching_configs():
     expected = {
         "sparse": ("sparse", ["ser", "se"]),
