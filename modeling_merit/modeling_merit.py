@@ -687,6 +687,10 @@ class MeritModel(MeritPreTrainedModel):
 
     def __init__(self, config: MeritConfig):
         super().__init__(config)
+        if getattr(config.backbone_config, "layerdrop", 0.0):
+            # LayerDrop skips whole layers in training, and a skipped layer returns no hidden
+            # state: the per-task weighting over all layers needs every one of them.
+            config.backbone_config.layerdrop = 0.0
         self.backbone = AutoModel.from_config(config.backbone_config)
         if config.backbone_config.model_type == "wavlm":
             for layer in self.backbone.encoder.layers:

@@ -378,7 +378,8 @@ def test_gradio_client_predict_endpoint(served_app, tmp_path):
     assert scores == pytest.approx(expected.probabilities, abs=1e-4)
     enhanced, rate = sf.read(audio, dtype="int16")
     assert rate == 16000
-    np.testing.assert_array_equal(enhanced, expected.enhanced[1])
+    # The server runs in another process with its own thread count: 1 LSB of float rounding.
+    np.testing.assert_allclose(enhanced, expected.enhanced[1], atol=1, rtol=0)
     assert spectrogram["type"] == "matplotlib" and routing["type"] == "matplotlib"
     assert timeline["headers"][:3] == ["start (s)", "end (s)", "emotion"]
     assert summary == expected.summary
@@ -428,7 +429,8 @@ def test_browser_upload_and_example(served_app):
             assert response.ok and response.body()[:4] == b"RIFF"
             enhanced, rate = sf.read(io.BytesIO(response.body()), dtype="int16")
             assert rate == 16000
-            np.testing.assert_array_equal(enhanced, expected.enhanced[1])
+            # The server is another process with its own thread count: 1 LSB of rounding.
+            np.testing.assert_allclose(enhanced, expected.enhanced[1], atol=1, rtol=0)
             assert page.locator("#spectrograms img").count() == 1
             assert page.locator("#routing img").count() == 1
 

@@ -274,3 +274,13 @@ def test_wap_adapter_option_padding_invariant_and_maskable():
     out = model(x, attention_mask=mask, labels=torch.tensor([0, 1]), clean_values=x)
     out.loss.backward()
     assert model.adapter.layers.layers[0].linear1.weight.grad.abs().sum() > 0
+
+
+def test_backbone_layerdrop_is_disabled_so_every_layer_is_weighted():
+    """Pretrained configs ship LayerDrop (wavlm-base-plus: 0.05); a dropped layer would leave
+    the layer weighting one hidden state short in training."""
+    model = make_model(backbone_config=tiny_backbone_config(layerdrop=0.9)).train()
+    assert model.config.backbone_config.layerdrop == 0.0
+    x, mask = make_batch()
+    for _ in range(3):
+        model(x, attention_mask=mask, labels=torch.tensor([0, 1]), clean_values=x).loss.backward()
