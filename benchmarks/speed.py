@@ -94,7 +94,31 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float
 
 
 def rss_mb() -> float:
+    """Peak resident size of this process (MB) since start or the last ``reset_peak``."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_mb() -> float:
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return rss_mb()
+
+
+def reset_peak() -> None:
+    """Reset the kernel's peak-RSS counter (Linux), so model construction's own peak does not
+    hide the forward pass's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def memory_worker(system: str, batch: int, seconds: float) -> None:
@@ -102,7 +126,8 @@ def memory_worker(system: str, batch: int, seconds: float) -> None:
     torch.set_num_threads(2)
     model = build(system)
     x = torch.randn(batch, int(seconds * SAMPLE_RATE)) * 0.1
-    base = rss_mb()
+    reset_peak()
+    base = current_mb()
     with torch.inference_mode():
         model(x)
     print(json.dumps({"base_mb": base, "peak_mb": rss_mb()}))
