@@ -26,7 +26,7 @@ training seeds is what the ``±`` columns show (three seeds are too few for a te
     python benchmarks/quality.py --quick   # pipeline check: < 10 min on 2 free cores
     python benchmarks/quality.py           # the benchmark: < 60 min on 2 free cores
 
-Budgets (:data:`BUDGETS`): full = 300 steps of 32 one-second crops per system and seed, 120
+Budgets (:data:`BUDGETS`): full = 350 steps of 32 one-second crops per system and seed, 160
 of the 240 test utterances (evenly spaced: every speaker and emotion) per condition; quick =
 30 steps and 32 utterances, still 3 seeds. One torch/BLAS thread (``--threads``): the run is
 sequential, and on this 2-core machine a second thread made steps many times slower.
@@ -108,8 +108,9 @@ class Budget:
     Batches of 32 one-second crops, as ``train.py``'s defaults: with 8 utterances per step the
     emotion loss stayed at chance for 600+ steps, with 32 it learns within 200 (measured by
     the training module's author). The full budget is what fits 15 trainings and 3
-    evaluations in an hour of one free core (measured: ~0.5 s CPU per step; ~0.2 s per test
-    utterance and condition for all six evaluated systems together).
+    evaluations in an hour of one free core: measured in the --quick run, the five variants
+    take ~2.1 s CPU per step together (+3 s each to start) and evaluation ~0.16 s per test
+    utterance and condition for all systems together, so ~37 + 11 min.
     """
 
     steps: int
@@ -122,11 +123,11 @@ class Budget:
 
 BUDGETS = {
     "full": Budget(
-        steps=300,
+        steps=350,
         batch_size=32,
         max_seconds=1.0,
         learning_rate=1e-3,
-        test_utterances=120,
+        test_utterances=160,
         bootstrap_resamples=2000,
     ),
     "quick": Budget(
