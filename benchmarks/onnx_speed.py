@@ -30,18 +30,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "onnx_speed.md"
 def _models() -> dict[str, torch.nn.Module]:
     from transformers import WavLMConfig
 
-    from modeling_merit import MeritConfig, MeritModel, tiny_backbone_config
+    from modeling_merit import MeritConfig, MeritModel, tiny_merit_config
 
     torch.manual_seed(0)
-    tiny = MeritConfig(
-        backbone_config=tiny_backbone_config(),
-        hidden_size=32,
-        num_experts=4,
-        expert_hidden_size=64,
-        n_fft=256,
-        hop_length=80,
-        win_length=200,
-    )
+    tiny = tiny_merit_config()
     base = MeritConfig(backbone_config=WavLMConfig())
     return {"tiny": MeritModel(tiny).eval(), "base": MeritModel(base).eval()}
 

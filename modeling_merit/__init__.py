@@ -11,7 +11,7 @@ from transformers import (
     AutoModelForAudioClassification,
 )
 
-from .configuration_merit import MeritConfig, tiny_backbone_config
+from .configuration_merit import MeritConfig, tiny_backbone_config, tiny_merit_config
 from .feature_extraction_merit import MeritFeatureExtractor
 from .modeling_merit import MeritModel, MeritOutput
 
@@ -37,4 +37,5 @@ __all__ = [
     "MeritOutput",
     "register_auto_classes",
     "tiny_backbone_config",
+    "tiny_merit_config",
 ]

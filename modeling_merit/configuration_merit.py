@@ -49,6 +49,24 @@ def tiny_backbone_config(model_type: str = "wavlm", **overrides: Any) -> Pretrai
     return CONFIG_MAPPING[model_type](**kwargs)
 
 
+def tiny_merit_config(**overrides: Any) -> MeritConfig:
+    """A tiny MERIT config on :func:`tiny_backbone_config`: 4 experts 32 wide, a 256-point STFT.
+
+    One definition for tests, benchmarks and demos that need a model in milliseconds.
+    """
+    kwargs: dict[str, Any] = dict(
+        backbone_config=tiny_backbone_config(),
+        hidden_size=32,
+        num_experts=4,
+        expert_hidden_size=64,
+        n_fft=256,
+        hop_length=80,
+        win_length=200,
+    )
+    kwargs.update(overrides)
+    return MeritConfig(**kwargs)
+
+
 class MeritConfig(PretrainedConfig):
     r"""Configuration of a Sparse MERIT model (Tzeng, Busso & Lee, 2025).
 
@@ -237,4 +255,4 @@ class MeritConfig(PretrainedConfig):
         return self.backbone_config.num_hidden_layers + 1
 
 
-__all__ = ["MeritConfig", "tiny_backbone_config"]
+__all__ = ["MeritConfig", "tiny_backbone_config", "tiny_merit_config"]

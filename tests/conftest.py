@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from modeling_merit import MeritConfig, MeritModel, tiny_backbone_config  # noqa: E402
+from modeling_merit import MeritConfig, MeritModel, tiny_merit_config  # noqa: E402
 
 # Tiny models gain nothing from a second thread, and two OpenMP threads slow down many times
 # over when the two cores are busy with other work (measured: 160 s instead of 15 s).
@@ -20,20 +20,8 @@ torch.set_num_threads(1)
 
 
 def make_config(**overrides) -> MeritConfig:
-    """A tiny MERIT config: 4-layer 64-wide backbone, 4 experts of width 32."""
-    kwargs = dict(
-        backbone_config=tiny_backbone_config(),
-        hidden_size=32,
-        num_experts=4,
-        router_top_k=2,
-        expert_hidden_size=64,
-        expert_dropout=0.0,
-        n_fft=256,
-        hop_length=80,
-        win_length=200,
-    )
-    kwargs.update(overrides)
-    return MeritConfig(**kwargs)
+    """The tiny MERIT config, deterministic in training (no expert dropout)."""
+    return tiny_merit_config(**{"expert_dropout": 0.0, **overrides})
 
 
 def make_model(seed: int = 0, **overrides) -> MeritModel:
