@@ -2,10 +2,10 @@
 
 Every system is built on the same WavLM-base-size configuration (random weights, ~94 M
 backbone parameters, no download) and timed in this one run on the same input: 10 s of audio,
-batch 1 and batch 8, 2 threads, warm-up first, median of repeats. Peak memory is measured per
-system in a fresh subprocess (maximum resident set size after the forward pass, minus the
-resident size once the model and input exist), so one system's allocations cannot hide
-another's.
+batch 1 and batch 8, 2 threads, warm-up first, median of repeats timed round-robin across
+systems (so drift in the machine's speed cannot favour one). Peak memory is measured per system
+in a fresh subprocess (maximum resident set size after the forward pass, minus the resident size
+once the model and input exist), so one system's allocations cannot hide another's.
 
     python benchmarks/speed.py            # full run (~10 minutes on 2 cores)
     python benchmarks/speed.py --quick    # batch 1, fewer repeats
@@ -34,7 +34,7 @@ from modeling_merit import MeritConfig, MeritModel  # noqa: E402
 from modeling_merit.modeling_merit import MeritExpertPool  # noqa: E402
 
 SAMPLE_RATE = 16000
-SYSTEMS = ("backbone", "sparse", "dense", "naive-mtl", "hf-wavlm-cls", "cascade")
+SYSTEMS = ("backbone", "hf-wavlm", "sparse", "dense", "naive-mtl", "hf-wavlm-cls", "cascade")
 
 
 def merit(routing: str = "sparse", tasks: tuple[str, ...] = ("ser", "se")) -> MeritModel:
@@ -55,11 +55,19 @@ class Cascade(torch.nn.Module):
 
 
 class Backbone(torch.nn.Module):
-    """The floor: the backbone alone, returning all hidden states as MERIT needs them."""
+    """The backbone alone, returning all hidden states as MERIT needs them.
 
-    def __init__(self) -> None:
+    ``stock=False`` (the floor): the backbone module inside a MERIT model, which computes WavLM
+    attention through its projection modules with ``scaled_dot_product_attention`` (so LoRA
+    reaches them). ``stock=True``: transformers' own ``WavLMModel``, whose attention goes
+    through ``F.multi_head_attention_forward``; the two differ in speed at batch 8, so the
+    MERIT overhead is measured against the former and the latter is shown for reference.
+    """
+
+    def __init__(self, stock: bool = False) -> None:
         super().__init__()
-        self.model = WavLMModel(WavLMConfig()).eval()
+        self.model = WavLMModel(WavLMConfig()) if stock else merit("sparse").backbone
+        self.model.eval()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.model(x, output_hidden_states=True).hidden_states
@@ -69,6 +77,8 @@ def build(system: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if system == "backbone":
         return Backbone().eval()
+    if system == "hf-wavlm":
+        return Backbone(stock=True).eval()
     if system == "sparse":
         return merit("sparse")
     if system == "dense":
@@ -82,15 +92,22 @@ def build(system: str) -> torch.nn.Module:
     raise ValueError(system)
 
 
-def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+def time_interleaved(
+    models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int
+) -> dict[str, float]:
+    """Median forward time per system, timed round-robin (order rotated each round) so that any
+    drift in the machine's speed falls on every system alike instead of on whichever ran last."""
+    names = list(models)
+    times: dict[str, list[float]] = {name: [] for name in names}
     with torch.inference_mode():
-        model(x)  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name in names:
+            models[name](x)  # warm-up
+        for r in range(repeats):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                start = time.perf_counter()
+                models[name](x)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def rss_mb() -> float:
@@ -227,13 +244,16 @@ def main() -> None:
     rows: dict[str, dict] = {}
     for batch in batches:
         x = torch.randn(batch, int(args.seconds * SAMPLE_RATE)) * 0.1
+        models = {system: build(system) for system in SYSTEMS}
+        seconds = time_interleaved(models, x, repeats)
+        del models
         for system in SYSTEMS:
-            model = build(system)
-            seconds = time_forward(model, x, repeats if batch == 1 else max(2, repeats // 2))
-            del model
             memory = measure_memory(system, batch, args.seconds)
-            rows.setdefault(system, {})[f"b{batch}"] = {"seconds": seconds, **memory}
-            print(f"batch {batch} {system:>13}: {seconds:.3f} s, peak {memory['peak_mb']:.0f} MB")
+            rows.setdefault(system, {})[f"b{batch}"] = {"seconds": seconds[system], **memory}
+            print(
+                f"batch {batch} {system:>13}: {seconds[system]:.3f} s, "
+                f"peak {memory['peak_mb']:.0f} MB"
+            )
 
     ratios = {}
     for batch in batches:
@@ -245,6 +265,7 @@ def main() -> None:
             "dense_over_sparse": t["dense"] / t["sparse"],
             "naive_over_sparse": t["naive-mtl"] / t["sparse"],
             "hf_cls_over_backbone": t["hf-wavlm-cls"] / t["backbone"],
+            "hf_wavlm_over_backbone": t["hf-wavlm"] / t["backbone"],
         }
     layer = expert_layer_ratio(repeats=10)
     train = training_throughput(steps=3 if args.quick else 6, batch=2, seconds=4.0)
@@ -274,7 +295,8 @@ def main() -> None:
         "# Speed and memory (benchmarks/speed.py)",
         "",
         f"Command: `{command}`; WavLM-base-size random weights, {args.seconds:g} s of audio, "
-        "2 threads, median of repeats after warm-up; memory = peak RSS of a fresh process "
+        "2 threads, median of repeats after warm-up, timed round-robin across systems; "
+        "memory = peak RSS of a fresh process "
         "(forward = growth during the forward pass).",
         "",
         "| system | " + " | ".join(f"batch {b}: s / peak MB / forward MB" for b in batches) + " |",
@@ -295,6 +317,7 @@ def main() -> None:
         "dense_over_sparse": "",
         "naive_over_sparse": "",
         "hf_cls_over_backbone": "",
+        "hf_wavlm_over_backbone": "",
     }
     for name, target in targets.items():
         cells = [f"{ratios[f'b{b}'][name]:.3f}" for b in batches]
