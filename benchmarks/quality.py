@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import platform
@@ -63,15 +62,13 @@ from merit.evaluation import (  # noqa: E402
     UNPROCESSED,
     CascadeSystem,
     ModelSystem,
-    Prediction,
     System,
     UnprocessedInput,
-    _column_title,
     build_test_sets,
+    column_title,
     evaluate_systems,
     parse_condition,
     table_columns,
-    utterance_se_scores,
 )
 
 #: Trained per seed; the cascade reuses ``se-only`` and ``ser-only``.
@@ -302,64 +299,6 @@ def paired_wilcoxon(values_a: Any, values_b: Any) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------
-# Per-utterance SE scores
-# --------------------------------------------------------------------------------------------
-
-
-def _digest(waveform: np.ndarray) -> bytes:
-    return hashlib.blake2b(
-        np.ascontiguousarray(waveform, np.float32).tobytes(), digest_size=16
-    ).digest()
-
-
-class UtteranceIndex:
-    """Finds the eval-set row of a waveform by its content.
-
-    :func:`merit.evaluation.evaluate_systems` reports only averaged SE scores and batches by
-    length in an order of its own, so :class:`RecordingSystem` recognises each input it is
-    given here to attach the per-utterance score to the right row.
-    """
-
-    def __init__(self, eval_sets: Mapping[str, Dataset]) -> None:
-        self.eval_sets = {name: ds.with_format("numpy") for name, ds in eval_sets.items()}
-        self.rows: dict[bytes, list[tuple[str, int]]] = {}
-        for name, dataset in self.eval_sets.items():
-            for row, noisy in enumerate(dataset["input_values"]):
-                self.rows.setdefault(_digest(noisy), []).append((name, row))
-
-    def locate(self, waveform: np.ndarray) -> list[tuple[str, int]]:
-        where = self.rows.get(_digest(waveform))
-        if not where:
-            raise KeyError("an evaluated waveform is not in the eval sets")
-        return where
-
-    def clean(self, condition: str, row: int) -> np.ndarray:
-        return np.asarray(self.eval_sets[condition][row]["clean_values"], dtype=np.float32)
-
-
-class RecordingSystem:
-    """A :class:`merit.evaluation.System` that also keeps each utterance's SSNR."""
-
-    def __init__(self, system: System, index: UtteranceIndex, sampling_rate: int = 16000):
-        self.system = system
-        self.index = index
-        self.sampling_rate = sampling_rate
-        self.label_names = system.label_names
-        self.enhances = system.enhances
-        self.ssnr = {name: np.full(len(ds), math.nan) for name, ds in index.eval_sets.items()}
-
-    def predict(self, waveforms: Sequence[np.ndarray]) -> Prediction:
-        out = self.system.predict(waveforms)
-        for noisy, enhanced in zip(waveforms, out.enhanced or [], strict=False):
-            for condition, row in self.index.locate(noisy):
-                scores = utterance_se_scores(
-                    self.index.clean(condition, row), enhanced, sampling_rate=self.sampling_rate
-                )
-                self.ssnr[condition][row] = scores["ssnr"]
-        return out
-
-
-# --------------------------------------------------------------------------------------------
 # Training and evaluation
 # --------------------------------------------------------------------------------------------
 
@@ -443,7 +382,6 @@ def evaluate_seed(
     seed: int,
     models: Mapping[str, torch.nn.Module],
     eval_sets: Mapping[str, Dataset],
-    index: UtteranceIndex,
     *,
     device: str,
     with_unprocessed: bool,
@@ -455,17 +393,15 @@ def evaluate_seed(
     systems["cascade"] = CascadeSystem(plain["se-only"], plain["ser-only"])
     if with_unprocessed:
         systems[UNPROCESSED] = UnprocessedInput()
-    recorders = {name: RecordingSystem(system, index) for name, system in systems.items()}
-    result = evaluate_systems(recorders, eval_sets, batch_size=8, progress=progress)
-    for row in result.rows:  # the recorder must agree with evaluate_systems' own averages
-        ssnr = recorders[row["system"]].ssnr[row["condition"]]
-        if "ssnr" in row and not math.isclose(row["ssnr"], np.nanmean(ssnr), abs_tol=1e-6):
-            raise RuntimeError(f"per-utterance SSNR of {row['system']} does not match its mean")
+    result = evaluate_systems(systems, eval_sets, batch_size=8, progress=progress)
     return {
         "rows": [dict(row, seed=seed) for row in result.rows],
         "decisions": result.decisions,
         "label_names": result.label_names,
-        "ssnr": {name: rec.ssnr for name, rec in recorders.items() if rec.enhances},
+        "ssnr": {
+            name: {condition: np.asarray(s["ssnr"]) for condition, s in by_condition.items()}
+            for name, by_condition in result.utterance_scores.items()
+        },
     }
 
 
@@ -553,7 +489,7 @@ def format_mean_std_table(
     the metric are left out; ``marks[(system, condition)]`` is appended to a cell."""
     _, scale, decimals = TABLE_METRICS[metric]
     lines = [
-        "| System | " + " | ".join(_column_title(c) for c in conditions) + " |",
+        "| System | " + " | ".join(column_title(c) for c in conditions) + " |",
         "|---|" + "---:|" * len(conditions),
     ]
     for system in systems:
@@ -579,7 +515,7 @@ def format_significance_table(
     """Rows: baselines; cells: Sparse MERIT minus baseline and the p-value, ``*`` if < 0.05."""
     _, scale, decimals = TABLE_METRICS[metric]
     lines = [
-        "| Sparse MERIT vs | " + " | ".join(_column_title(c) for c in conditions) + " |",
+        "| Sparse MERIT vs | " + " | ".join(column_title(c) for c in conditions) + " |",
         "|---|" + "---:|" * len(conditions),
     ]
     for baseline, by_condition in tests.items():
@@ -907,7 +843,6 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict[str, Any]:
         eval_sets, dataset_name = build_test_sets(
             max_utterances=budget.test_utterances, cache_dir=work / "test-sets"
         )
-        index = UtteranceIndex(eval_sets)
         per_seed, train_seconds, eval_seconds = [], {}, {}
         for number, seed in enumerate(args.seeds):
             models, seconds = train_seed(seed, budget, work, not args.no_progress, log)
@@ -919,7 +854,6 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict[str, Any]:
                         seed,
                         models,
                         eval_sets,
-                        index,
                         device=device,
                         with_unprocessed=number == 0,
                         progress=not args.no_progress,

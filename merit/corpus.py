@@ -5,7 +5,9 @@ so the default corpus is generated locally and deterministically.  Emotions are 
 prosody (speaking rate, pitch level, pitch range, loudness) plus a cheap spectral tilt, with
 per-speaker and per-utterance random variation so that classes overlap and the task is
 learnable but not trivial.  Speakers are eSpeak voice/variant combinations, split
-speaker-independently into train / validation / test.
+speaker-independently into train / validation / test. Each utterance also carries
+arousal / valence / dominance ratings (1-7, as MSP-Podcast annotates) derived from the prosody
+it was rendered with, for the dimensional head.
 
 eSpeak NG is driven through ``ctypes`` using the shared library and data shipped by the
 ``espeakng_loader`` wheel.  eSpeak keeps hidden static state between utterances (the pitch
@@ -46,6 +48,8 @@ __all__ = [
     "BABBLE_VOICES",
     "CORPUS_VERSION",
     "CORPUS_VOICES",
+    "DIMENSIONS",
+    "DIMENSION_CENTRES",
     "EMOTIONS",
     "NOISE_FILES_PER_TYPE",
     "NOISE_RMS",
@@ -61,6 +65,7 @@ __all__ = [
     "VoiceSpec",
     "build_corpus",
     "default_corpus_dir",
+    "dimensional_ratings",
     "emotion_prosody",
     "ensure_corpus",
     "synthesize",
@@ -68,7 +73,7 @@ __all__ = [
 ]
 
 # Bump when the generation recipe changes: cached corpora with another version are rebuilt.
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 SAMPLE_RATE = 16_000
 SPLITS = ("train", "validation", "test")
 EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "angry")
@@ -732,9 +737,11 @@ def _plan_sentences(seed: int, num_speakers: int, num_sentences: int, per_speake
     ]
 
 
-def _render_utterance(seed: int, speaker_idx: int, speaker: _Speaker, sentence: int, emotion: str):
-    """Audio for one (speaker, sentence, emotion): seeded by its identity only, so the result
-    does not depend on build order."""
+def _render_utterance(
+    seed: int, speaker_idx: int, speaker: _Speaker, sentence: int, emotion: str
+) -> tuple[np.ndarray, Prosody]:
+    """Audio (and the prosody it was rendered with) for one (speaker, sentence, emotion):
+    seeded by its identity only, so the result does not depend on build order."""
     rng = np.random.default_rng([seed, 4, speaker_idx, sentence, EMOTIONS.index(emotion)])
     prosody = emotion_prosody(
         emotion,
@@ -746,7 +753,51 @@ def _render_utterance(seed: int, speaker_idx: int, speaker: _Speaker, sentence: 
     audio = _synthesize_native(
         SENTENCES[sentence], speaker.voice.name, prosody, int(rng.integers(2**31))
     )
-    return _apply_tilt(audio, prosody.tilt) * _CORPUS_GAIN
+    return _apply_tilt(audio, prosody.tilt) * _CORPUS_GAIN, prosody
+
+
+#: Dimensional ratings on MSP-Podcast's 1-7 scale: class centres (arousal, valence, dominance).
+DIMENSIONS = ("arousal", "valence", "dominance")
+DIMENSION_CENTRES: dict[str, tuple[float, float, float]] = {
+    "neutral": (4.0, 4.0, 4.0),
+    "happy": (5.2, 5.8, 4.6),
+    "sad": (2.6, 2.5, 2.8),
+    "angry": (5.8, 2.4, 5.6),
+}
+# How far a rating follows the utterance's prosody (per jitter standard deviation) and the
+# spread of the simulated annotators' mean rating.
+_DIMENSION_SLOPE = 0.5
+_ANNOTATOR_STD = 0.3
+
+
+def dimensional_ratings(
+    emotion: str, prosody: Prosody, rng: np.random.Generator | None = None
+) -> dict[str, float]:
+    """Arousal, valence and dominance (1-7) of one rendered utterance, as listeners would rate
+    it: the class centre, moved by how the utterance's prosody departs from the class centre
+    (faster, louder, wider, brighter = more aroused; louder, brighter, lower = more dominant;
+    higher pitch = slightly more positive), plus annotator noise when ``rng`` is given.
+
+    The ratings follow the audio rather than the label alone, so a dimensional head has
+    within-class variation to learn and CCC is not just a relabelled F1.
+    """
+    if emotion not in DIMENSION_CENTRES:
+        raise ValueError(f"no dimensional centre for {emotion!r}; known: {sorted(PROSODY)}")
+    centre, j = PROSODY[emotion], _UTTERANCE_JITTER
+    z = {
+        key: (getattr(prosody, key) - getattr(centre, key)) / getattr(j, key)
+        for key in ("rate", "pitch", "pitch_range", "volume", "tilt")
+    }
+    moves = (
+        (z["rate"] + z["volume"] + z["pitch_range"] + z["tilt"]) / 4,
+        z["pitch"] / 2,
+        (z["volume"] + z["tilt"] - z["pitch"]) / 3,
+    )
+    ratings = {}
+    for name, base, move in zip(DIMENSIONS, DIMENSION_CENTRES[emotion], moves, strict=True):
+        noise = rng.normal(0, _ANNOTATOR_STD) if rng is not None else 0.0
+        ratings[name] = round(float(np.clip(base + _DIMENSION_SLOPE * move + noise, 1, 7)), 3)
+    return ratings
 
 
 def _write_card(root: Path, params: dict, speakers: list[_Speaker], counts: dict) -> None:
@@ -800,7 +851,8 @@ def _write_card(root: Path, params: dict, speakers: list[_Speaker], counts: dict
         "",
         "## Layout",
         "",
-        "`metadata.csv` (file_name,label,speaker,sentence_id,split), `train/`, `validation/`, "
+        "`metadata.csv` (file_name,label,speaker,sentence_id,split,arousal,valence,dominance; "
+        "dimensions rated 1-7 from each utterance's prosody), `train/`, `validation/`, "
         "`test/` (16 kHz mono PCM_16 WAV), `noise/noise.csv` (file_name relative to `noise/`,"
         "noise_type,split), "
         "`corpus.json` (build parameters).",
@@ -839,8 +891,12 @@ def _build_into(root: Path, params: dict, progress: bool) -> dict:
     ) as bar:
         for idx, spk, sent, emo in jobs:
             name = f"{spk.split}/{emo}_{spk.id}_s{sent:03d}.wav"
-            write_audio(root / name, _render_utterance(seed, idx, spk, sent, emo), SAMPLE_RATE)
-            rows.append((name, emo, spk.id, sent, spk.split))
+            audio, prosody = _render_utterance(seed, idx, spk, sent, emo)
+            write_audio(root / name, audio, SAMPLE_RATE)
+            # Own stream for the annotators, so the audio is the same as before ratings existed.
+            raters = np.random.default_rng([seed, 6, idx, sent, EMOTIONS.index(emo)])
+            ratings = dimensional_ratings(emo, prosody, raters)
+            rows.append((name, emo, spk.id, sent, spk.split, *ratings.values()))
             bar.update()
         noise_rows = []
         num_samples = int(round(params["noise_seconds"] * SAMPLE_RATE))
@@ -857,7 +913,7 @@ def _build_into(root: Path, params: dict, progress: bool) -> dict:
     rows.sort(key=lambda r: (SPLITS.index(r[4]), r[0]))
     with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["file_name", "label", "speaker", "sentence_id", "split"])
+        writer.writerow(["file_name", "label", "speaker", "sentence_id", "split", *DIMENSIONS])
         writer.writerows(rows)
     with open(root / "noise" / "noise.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -933,7 +989,8 @@ def build_corpus(
 
 
 def default_corpus_dir() -> Path:
-    """Cache location: ``$MERIT_CORPUS_DIR`` if set, else ``~/.cache/merit/corpus-v1``."""
+    """Cache location: ``$MERIT_CORPUS_DIR`` if set, else ``~/.cache/merit/corpus-v<N>`` with
+    N = ``CORPUS_VERSION``, so a new recipe never reuses an old build."""
     env = os.environ.get("MERIT_CORPUS_DIR")
     if env:
         return Path(env).expanduser()

@@ -68,6 +68,8 @@ AUDIO_PATH_COLUMNS = ("file_name", "path", "audio", "filepath", "file")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 #: ``noise_type`` of examples left clean by :class:`NoisyMixer` and of the ``"clean"`` eval set.
 CLEAN = "clean"
+#: Feature of the ``dimensions`` column (ratings in ``dimension_columns`` order).
+DIMENSIONS_FEATURE = List(Value("float32"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,6 +84,7 @@ def load_speech_dataset(
     audio_column: str | None = None,
     speaker_column: str = "speaker",
     split_column: str = "split",
+    dimension_columns: Sequence[str] | None = None,
     validation_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
@@ -98,13 +101,20 @@ def load_speech_dataset(
     Splits come from ``split_column``, from top-level split folders, or from the source's own
     splits; whichever of validation/test is missing is carved from ``train`` by speaker (seeded)
     with the given fractions of the train pool. A fraction of 0 leaves that split out.
+
+    ``dimension_columns`` (for example MSP-Podcast's ``["EmoAct", "EmoVal", "EmoDom"]``, or the
+    embedded corpus' ``["arousal", "valence", "dominance"]``) become one float ``dimensions``
+    column in that order; a missing or non-numeric value is an error naming the row.
     """
     for name, fraction in (("validation", validation_fraction), ("test", test_fraction)):
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"{name}_fraction must be in [0, 1), got {fraction}")
     if validation_fraction + test_fraction >= 1.0:
         raise ValueError("validation_fraction + test_fraction must leave data for training")
-    columns = _Columns(label_column, audio_column, speaker_column, split_column)
+    dimensions = tuple(dimension_columns or ())
+    if len(set(dimensions)) != len(dimensions):
+        raise ValueError(f"dimension_columns must be distinct, got {list(dimensions)}")
+    columns = _Columns(label_column, audio_column, speaker_column, split_column, dimensions)
     splits = _read_source(str(source), columns)
     return _complete_splits(
         splits, {"validation": validation_fraction, "test": test_fraction}, seed
@@ -119,6 +129,7 @@ class _Columns:
     audio: str | None
     speaker: str
     split: str
+    dimensions: tuple[str, ...] = ()
 
 
 def _read_source(source: str, columns: _Columns) -> dict[str, Dataset]:
@@ -131,7 +142,7 @@ def _read_source(source: str, columns: _Columns) -> dict[str, Dataset]:
             if (path / metadata).is_file():
                 return _from_table(path / metadata, columns)
         if audio_files(path):
-            return _from_class_folders(path)
+            return _from_class_folders(path, columns)
         return _from_hf(_load_with_datasets(str(path)), columns)
     if path.is_file():
         if path.suffix.lower() not in MANIFEST_SUFFIXES:
@@ -184,7 +195,9 @@ def _from_table(table: Path, columns: _Columns) -> dict[str, Dataset]:
     if not rows:
         raise ValueError(f"{table}: no rows")
     available = sorted({key for row in rows for key in row})
-    audio_column = _require_columns(str(table), available, columns.audio, columns.label)
+    audio_column = _require_columns(
+        str(table), available, columns.audio, columns.label, columns.dimensions
+    )
     paths, labels, splits = [], [], []
     for line_number, row in enumerate(rows, start=2 if table.suffix.lower() == ".csv" else 1):
         relative, label = _text(row.get(audio_column)), _text(row.get(columns.label))
@@ -205,16 +218,49 @@ def _from_table(table: Path, columns: _Columns) -> dict[str, Dataset]:
     speakers = None
     if columns.speaker in available:
         speakers = [_text(row.get(columns.speaker)) for row in rows]
-    return _group_by_split(_file_dataset(paths, labels, speakers), splits, str(table))
+    dimensions = None
+    if columns.dimensions:
+        first = 2 if table.suffix.lower() == ".csv" else 1
+        dimensions = _dimension_values(
+            [[row.get(name) for name in columns.dimensions] for row in rows],
+            columns.dimensions,
+            f"{table}: row",
+            first,
+        )
+    dataset = _file_dataset(paths, labels, speakers, dimensions)
+    return _group_by_split(dataset, splits, str(table))
+
+
+def _dimension_values(
+    rows: Sequence[Sequence[Any]], names: Sequence[str], where: str, first: int
+) -> list[list[float]]:
+    """Dimensional ratings as floats; empty, non-numeric or non-finite values are errors."""
+    values = []
+    for number, row in enumerate(rows, start=first):
+        try:
+            floats = [float(v) for v in row]
+        except (TypeError, ValueError):
+            floats = []
+        if len(floats) != len(names) or not all(math.isfinite(v) for v in floats):
+            shown = ", ".join(f"{n}={v!r}" for n, v in zip(names, row, strict=True))
+            raise ValueError(f"{where} {number}: dimensional values must be numbers ({shown})")
+        values.append(floats)
+    return values
 
 
 def _require_columns(
-    where: str, available: Sequence[str], audio_column: str | None, label_column: str
+    where: str,
+    available: Sequence[str],
+    audio_column: str | None,
+    label_column: str,
+    dimension_columns: Sequence[str] = (),
 ) -> str:
-    """Check the audio and label columns exist; returns the audio column (auto-detected if
-    ``audio_column`` is None)."""
+    """Check the audio, label and dimension columns exist; returns the audio column
+    (auto-detected if ``audio_column`` is None)."""
     audio_column = audio_column or next((c for c in AUDIO_PATH_COLUMNS if c in available), None)
-    for role, name in (("audio", audio_column), ("label", label_column)):
+    roles = [("audio", audio_column), ("label", label_column)]
+    roles += [("dimension", name) for name in dimension_columns]
+    for role, name in roles:
         if name is None or name not in available:
             raise ValueError(
                 f"{where}: no {role} column {name or AUDIO_PATH_COLUMNS}; "
@@ -236,8 +282,13 @@ def audio_files(root: Path) -> list[Path]:
     )
 
 
-def _from_class_folders(root: Path) -> dict[str, Dataset]:
+def _from_class_folders(root: Path, columns: _Columns) -> dict[str, Dataset]:
     """Audiofolder without metadata: the label is each file's parent folder name."""
+    if columns.dimensions:
+        raise ValueError(
+            f"{root}: class folders carry no dimensional ratings; add a metadata.csv with "
+            f"file_name,label,{','.join(columns.dimensions)} columns"
+        )
     paths, labels, splits = [], [], []
     for path in audio_files(root):
         relative = path.relative_to(root)
@@ -255,13 +306,19 @@ def _from_class_folders(root: Path) -> dict[str, Dataset]:
 
 
 def _file_dataset(
-    paths: Sequence[Path], labels: Sequence[str], speakers: Sequence[str] | None
+    paths: Sequence[Path],
+    labels: Sequence[str],
+    speakers: Sequence[str] | None,
+    dimensions: Sequence[Sequence[float]] | None = None,
 ) -> Dataset:
     """Build the normalised dataset from file lists (no torchcodec needed for this route)."""
     data: dict[str, list] = {"audio": [str(p.resolve()) for p in paths], "label": list(labels)}
     if speakers is not None:
         data["speaker"] = list(speakers)
-    return Dataset.from_dict(data).cast_column("audio", Audio(decode=False))
+    dataset = Dataset.from_dict(data).cast_column("audio", Audio(decode=False))
+    if dimensions is not None:
+        dataset = dataset.add_column("dimensions", list(dimensions), feature=DIMENSIONS_FEATURE)
+    return dataset
 
 
 def _group_by_split(dataset: Dataset, splits: Sequence[str], where: str) -> dict[str, Dataset]:
@@ -296,7 +353,9 @@ def _normalize_hf(dataset: Dataset, columns: _Columns) -> Dataset:
     audio_column = columns.audio or next(
         (c for c, f in dataset.features.items() if isinstance(f, Audio)), None
     )
-    audio_column = _require_columns("dataset", names, audio_column, columns.label)
+    audio_column = _require_columns(
+        "dataset", names, audio_column, columns.label, columns.dimensions
+    )
     feature = dataset.features[columns.label]
     raw_labels = list(dataset[columns.label])
     if isinstance(feature, ClassLabel):
@@ -313,6 +372,15 @@ def _normalize_hf(dataset: Dataset, columns: _Columns) -> Dataset:
     out = out.cast_column("audio", Audio(decode=False)).add_column("label", labels)
     if speakers is not None:
         out = out.add_column("speaker", speakers)
+    if columns.dimensions:
+        table = dataset.select_columns(list(columns.dimensions)).to_dict()
+        values = _dimension_values(
+            list(zip(*(table[name] for name in columns.dimensions), strict=True)),
+            columns.dimensions,
+            "dataset row",
+            0,
+        )
+        out = out.add_column("dimensions", values, feature=DIMENSIONS_FEATURE)
     return out
 
 
@@ -670,7 +738,7 @@ def build_eval_sets(
     conditions gives the same audio, and the SNR conditions of one bank differ only in the
     noise level (a paired comparison across SNRs). Columns: ``input_values``,
     ``clean_values``, ``label`` (ids if ``label2id`` is given, else names), ``snr`` (``inf``
-    for clean), ``noise_type``, ``condition``.
+    for clean), ``noise_type``, ``condition``, and ``dimensions`` when the split has them.
 
     With ``out_dir`` the sets are written there (``save_to_disk``) and reused by later calls
     with the same data and settings; changed settings rebuild them.
@@ -711,6 +779,8 @@ def build_eval_sets(
             "condition": Value("string"),
         }
     )
+    if "dimensions" in dataset_split.column_names:
+        features["dimensions"] = DIMENSIONS_FEATURE
     build_dir = None if out_dir is None else Path(out_dir) / ".build"
     if build_dir is not None:
         build_dir.mkdir(parents=True, exist_ok=True)
@@ -764,6 +834,8 @@ def _eval_example(
     label = example["label"]
     out["label"] = label if label2id is None else _encode_label(label, label2id)
     out["condition"] = condition.name
+    if "dimensions" in example:
+        out["dimensions"] = example["dimensions"]
     return out
 
 
@@ -777,6 +849,8 @@ def _eval_settings(
     """What the eval sets depend on; the cache is reused only when all of it matches."""
     audio = dataset.with_format("arrow")["audio"].combine_chunks()
     content = hashlib.sha256(json.dumps(list(dataset["label"])).encode())
+    if "dimensions" in dataset.column_names:
+        content.update(json.dumps(list(dataset["dimensions"])).encode())
     for path, blob in zip(audio.field("path").to_pylist(), audio.field("bytes"), strict=True):
         content.update(f"\0{path}\0".encode())
         if blob.is_valid:  # save_to_disk embeds bytes and keeps only file names as paths
@@ -838,7 +912,7 @@ class DataCollatorForMerit:
 
     Returns ``input_values`` and ``clean_values`` [B, T] float32, ``attention_mask`` [B, T]
     long (1 on real samples), ``labels`` [B] long (from ``label`` or ``labels``) and
-    ``dimensions`` [B, 3] float32 when the examples carry them. Other keys (``snr``,
+    ``dimensions`` [B, D] float32 when the examples carry them. Other keys (``snr``,
     ``noise_type``, ...) are dropped because models do not take them. With a
     ``feature_extractor`` its ``pad`` is used for both signals, so its padding side and value
     apply to the target too; ``max_length_seconds`` truncates each example first.
@@ -884,10 +958,13 @@ class DataCollatorForMerit:
                 )
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
         if _present(features, "dimensions"):
-            dims = torch.tensor(np.array([f["dimensions"] for f in features], dtype=np.float32))
-            if dims.shape != (len(features), 3):
-                raise ValueError(f"dimensions must be 3 values per example, got {dims.shape}")
-            batch["dimensions"] = dims
+            sizes = {len(np.atleast_1d(f["dimensions"])) for f in features}
+            if len(sizes) != 1 or 0 in sizes:
+                raise ValueError(
+                    f"every example needs the same number of dimensional values, got {sizes}"
+                )
+            dims = np.array([np.atleast_1d(f["dimensions"]) for f in features], dtype=np.float32)
+            batch["dimensions"] = torch.from_numpy(dims)
         return batch
 
     @staticmethod

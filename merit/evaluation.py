@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from merit.audio import AudioError, load_audio
 from merit.data import NoiseBank, build_eval_sets, check_labels, load_speech_dataset
-from merit.metrics import confusion_matrix_figure, se_metrics, ser_metrics
+from merit.metrics import ccc, confusion_matrix_figure, se_metrics, ser_metrics
 
 __all__ = [
     "CascadeSystem",
@@ -46,6 +46,7 @@ __all__ = [
     "System",
     "UnprocessedInput",
     "build_test_sets",
+    "column_title",
     "drop_unreadable",
     "evaluate_systems",
     "format_markdown",
@@ -64,6 +65,7 @@ __all__ = [
 #: Metrics in the tables, in this order: key -> (title, scale for display, decimals).
 TABLE_METRICS: dict[str, tuple[str, float, int]] = {
     "f1_macro": ("F1-macro (%)", 100.0, 1),
+    "ccc": ("CCC (mean over dimensions)", 1.0, 3),
     "ssnr": ("Segmental SNR (dB)", 1.0, 2),
     "pesq": ("PESQ (wide-band)", 1.0, 2),
     "stoi": ("STOI", 1.0, 3),
@@ -84,19 +86,24 @@ _MIN_SSNR_SECONDS = 0.0375
 
 @dataclass
 class Prediction:
-    """What a system says about a batch: emotion logits and/or enhanced waveforms.
+    """What a system says about a batch: emotion logits, dimensional values ``(batch,
+    len(dimension_names))`` and/or enhanced waveforms.
 
     ``enhanced`` holds one array per input, trimmed to that input's length.
     """
 
     logits: np.ndarray | None = None
     enhanced: list[np.ndarray] | None = None
+    dimensions: np.ndarray | None = None
 
 
 @runtime_checkable
 class System(Protocol):
     """The interface :func:`evaluate_systems` needs: label names (``None`` without an emotion
-    head), whether it enhances, and batched prediction on raw 16 kHz waveforms."""
+    head), whether it enhances, and batched prediction on raw 16 kHz waveforms.
+
+    A system may also have ``dimension_names`` (its dimensional outputs, in order); without
+    that attribute it has none."""
 
     label_names: list[str] | None
     enhances: bool
@@ -123,6 +130,8 @@ class ModelSystem:
             [str(config.id2label[i]) for i in range(config.num_labels)] if has_classifier else None
         )
         self.enhances = "se" in tasks
+        names = getattr(config, "dimension_names", None)
+        self.dimension_names = list(names) if names and "ser" in tasks else None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None) -> ModelSystem:
@@ -148,8 +157,13 @@ class ModelSystem:
         if self.enhances and outputs.enhanced_waveform is not None:
             full = outputs.enhanced_waveform.float().cpu().numpy()
             enhanced = [full[i, : len(w)] for i, w in enumerate(waveforms)]
+        dimensions = None
+        if self.dimension_names is not None and outputs.dimensions is not None:
+            dimensions = outputs.dimensions.float().cpu().numpy()
         return Prediction(
-            logits=logits if self.label_names is not None else None, enhanced=enhanced
+            logits=logits if self.label_names is not None else None,
+            enhanced=enhanced,
+            dimensions=dimensions,
         )
 
 
@@ -177,12 +191,16 @@ class CascadeSystem:
         self.enhancer = enhancer
         self.recognizer = recognizer
         self.label_names = recognizer.label_names
+        self.dimension_names = getattr(recognizer, "dimension_names", None)
         self.enhances = True
 
     def predict(self, waveforms: Sequence[np.ndarray]) -> Prediction:
         enhanced = self.enhancer.predict(waveforms).enhanced
         assert enhanced is not None  # guaranteed by the check in __init__
-        return Prediction(logits=self.recognizer.predict(enhanced).logits, enhanced=enhanced)
+        recognized = self.recognizer.predict(enhanced)
+        return Prediction(
+            logits=recognized.logits, enhanced=enhanced, dimensions=recognized.dimensions
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,14 +255,18 @@ class EvaluationResult:
 
     ``rows`` are plain dicts: ``system``, ``condition``, ``noise`` (``seen``/``unseen``/
     ``clean``), ``snr`` (``None`` for clean), ``num_utterances`` and the metrics the system
-    has (``f1_macro``, ``accuracy``, ``uar`` with an emotion head; ``ssnr``, ``si_sdr`` and
-    optionally ``pesq``/``stoi`` when it enhances). ``decisions[system][condition]`` is
+    has (``f1_macro``, ``accuracy``, ``uar`` with an emotion head; ``ccc`` (mean) and
+    ``ccc_<name>`` per dimension with a dimensional head and rated data; ``ssnr``, ``si_sdr``
+    and optionally ``pesq``/``stoi`` when it enhances). ``decisions[system][condition]`` is
     ``(predicted ids, reference ids)`` and ``label_names[system]`` names the ids.
+    ``utterance_scores[system][condition][metric]`` holds the SE score of every utterance in
+    the eval set's row order (``nan`` where one cannot be scored), for paired tests.
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     decisions: dict[str, dict[str, tuple[list[int], list[int]]]] = field(default_factory=dict)
     label_names: dict[str, list[str]] = field(default_factory=dict)
+    utterance_scores: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
 
     @property
     def systems(self) -> list[str]:
@@ -296,6 +318,8 @@ def evaluate_systems(
     ``label`` (names, or ids in the systems' label order), as built by
     :func:`merit.data.build_eval_sets`. Unknown label names raise ``ValueError`` before any
     inference. Utterances are batched by length; results do not depend on the batching.
+    Sets with a ``dimensions`` column score the systems that have ``dimension_names`` by CCC;
+    the columns must be in the system's dimension order (as ``train.py`` saves them).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -307,6 +331,7 @@ def evaluate_systems(
         if not isinstance(system, System):
             raise TypeError(f"system {name!r} does not implement predict/label_names/enhances")
     references: dict[tuple[str, str], np.ndarray] = {}
+    dimension_refs: dict[tuple[str, str], np.ndarray] = {}
     for condition, dataset in eval_sets.items():
         missing = {"input_values", "clean_values", "label"} - set(dataset.column_names)
         if missing:
@@ -315,6 +340,15 @@ def evaluate_systems(
         for name, system in systems.items():
             if system.label_names is not None:
                 references[name, condition] = _reference_ids(labels, system.label_names)
+            dimension_names = getattr(system, "dimension_names", None)
+            if dimension_names and "dimensions" in dataset.column_names:
+                rated = np.asarray(list(dataset["dimensions"]), dtype=np.float64)
+                if rated.ndim != 2 or rated.shape[1] != len(dimension_names):
+                    raise ValueError(
+                        f"eval set {condition!r} has {rated.shape[-1]} dimensional values per "
+                        f"utterance; system {name!r} predicts {dimension_names}"
+                    )
+                dimension_refs[name, condition] = rated
 
     result = EvaluationResult()
     total = sum(len(d) for d in eval_sets.values())
@@ -324,10 +358,11 @@ def evaluate_systems(
             result.decisions[name] = {}
         with tqdm(total=total, desc=f"evaluate {name}", unit="utt", disable=not progress) as bar:
             for condition, dataset in eval_sets.items():
-                row, decisions = _evaluate_condition(
+                row, decisions, utterances = _evaluate_condition(
                     system,
                     dataset.with_format("numpy"),
                     references.get((name, condition)),
+                    dimension_refs.get((name, condition)),
                     batch_size=batch_size,
                     with_pesq=with_pesq,
                     with_stoi=with_stoi,
@@ -340,6 +375,8 @@ def evaluate_systems(
                 )
                 if decisions is not None:
                     result.decisions[name][condition] = decisions
+                if utterances:
+                    result.utterance_scores.setdefault(name, {})[condition] = utterances
     return result
 
 
@@ -347,15 +384,19 @@ def _evaluate_condition(
     system: System,
     dataset: Dataset,
     refs: np.ndarray | None,
+    dimension_refs: np.ndarray | None,
     *,
     batch_size: int,
     with_pesq: bool,
     with_stoi: bool,
     sampling_rate: int,
     on_batch: Callable[[int], Any],
-) -> tuple[dict[str, Any], tuple[list[int], list[int]] | None]:
+) -> tuple[dict[str, Any], tuple[list[int], list[int]] | None, dict[str, list[float]]]:
+    """One system on one condition: its table row, its SER decisions (predicted and reference
+    ids) and its per-utterance SE scores (key -> one value per row of ``dataset``)."""
     predictions = np.full(len(dataset), -1, dtype=np.int64)
-    scores: list[dict[str, float]] = []
+    dimensions = None if dimension_refs is None else np.zeros_like(dimension_refs)
+    scores: dict[str, np.ndarray] = {}
     for indices in _length_sorted_batches(dataset, batch_size):
         batch = dataset[indices]
         noisy = [np.asarray(x, dtype=np.float32) for x in batch["input_values"]]
@@ -364,30 +405,42 @@ def _evaluate_condition(
             if out.logits is None:
                 raise RuntimeError("a system with label_names returned no logits")
             predictions[indices] = out.logits.argmax(-1)
+        if dimensions is not None:
+            if out.dimensions is None:
+                raise RuntimeError("a system with dimension_names returned no dimensions")
+            dimensions[indices] = out.dimensions
         if system.enhances:
             if out.enhanced is None:
                 raise RuntimeError("a system that enhances returned no enhanced audio")
-            for clean, enhanced in zip(batch["clean_values"], out.enhanced, strict=True):
-                scores.append(
-                    utterance_se_scores(
-                        np.asarray(clean, dtype=np.float32),
-                        enhanced,
-                        sampling_rate=sampling_rate,
-                        with_pesq=with_pesq,
-                        with_stoi=with_stoi,
-                    )
+            for index, clean, enhanced in zip(
+                indices, batch["clean_values"], out.enhanced, strict=True
+            ):
+                utterance = utterance_se_scores(
+                    np.asarray(clean, dtype=np.float32),
+                    enhanced,
+                    sampling_rate=sampling_rate,
+                    with_pesq=with_pesq,
+                    with_stoi=with_stoi,
                 )
+                for key, value in utterance.items():
+                    scores.setdefault(key, np.full(len(dataset), math.nan))[index] = value
         on_batch(len(indices))
     row: dict[str, Any] = {"num_utterances": len(dataset)}
     decisions = None
     if refs is not None and system.label_names is not None:
         row.update(ser_metrics(predictions, refs, len(system.label_names)))
         decisions = (predictions.tolist(), refs.tolist())
-    if scores:
-        for key in scores[0]:
-            values = np.array([s[key] for s in scores], dtype=np.float64)
-            row[key] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-    return row, decisions
+    if dimensions is not None and dimension_refs is not None:
+        names = system.dimension_names  # type: ignore[attr-defined]
+        per_dimension = {
+            f"ccc_{name}": ccc(dimensions[:, i], dimension_refs[:, i])
+            for i, name in enumerate(names)
+        }
+        row["ccc"] = float(np.mean(list(per_dimension.values())))
+        row.update(per_dimension)
+    for key, values in scores.items():
+        row[key] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+    return row, decisions, {key: values.tolist() for key, values in scores.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,7 +459,8 @@ def table_columns(conditions: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(conditions), key=key)
 
 
-def _column_title(condition: str) -> str:
+def column_title(condition: str) -> str:
+    """Table header of a condition: ``"Seen -5 dB"``, ``"Clean"``, custom names unchanged."""
     noise, snr = parse_condition(condition)
     if snr is None:
         return noise.capitalize() if noise == "clean" else noise
@@ -427,7 +481,7 @@ def format_markdown(result: EvaluationResult, metrics: Sequence[str] | None = No
         if not systems:
             continue
         lines += [f"### {title}", ""]
-        lines.append("| System | " + " | ".join(_column_title(c) for c in columns) + " |")
+        lines.append("| System | " + " | ".join(column_title(c) for c in columns) + " |")
         lines.append("|---|" + "---:|" * len(columns))
         for system in systems:
             cells = []
@@ -533,7 +587,7 @@ def write_report(
             if snr is None or not math.isclose(snr, confusion_snr):
                 continue
             fig = confusion_matrix_figure(predicted, reference, result.label_names[system])
-            fig.axes[0].set_title(f"{system}: {_column_title(condition)}")
+            fig.axes[0].set_title(f"{system}: {column_title(condition)}")
             path = out / f"confusion_{_safe_name(system)}_{condition}.png"
             fig.savefig(path, dpi=110)
             paths[f"confusion_{system}_{condition}"] = path
@@ -643,14 +697,16 @@ def build_test_sets(
     cache_dir: str | Path | None = None,
     max_utterances: int | None = None,
     skip_bad_files: bool = False,
+    dimension_columns: Sequence[str] | None = None,
 ) -> tuple[dict[str, Dataset], str]:
     """The frozen test conditions of a dataset and its display name.
 
     ``cache_dir`` keeps the sets on disk (memory-mapped, reused by later runs with the same
     data and settings); without it a temporary folder is used, so memory stays small.
+    ``dimension_columns`` carries dimensional ratings along, for CCC.
     """
     source, noise, display = resolve_data_sources(dataset, noise_dir)
-    splits = load_speech_dataset(source)
+    splits = load_speech_dataset(source, dimension_columns=dimension_columns)
     if split not in splits:
         raise ValueError(f"dataset {display!r} has no {split!r} split (has {list(splits)})")
     test = spread_subset(splits[split], max_utterances)
@@ -715,6 +771,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", help="dataset (default: the embedded corpus)")
     parser.add_argument("--noise_dir", help="noise folder (default: the corpus' noise bank)")
     parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--dimension_columns",
+        help="comma-separated rating columns in the models' dimension order, scored by CCC "
+        "(e.g. arousal,valence,dominance)",
+    )
     parser.add_argument("--snrs", nargs="+", type=float, default=[-5.0, 0.0, 5.0, 10.0])
     parser.add_argument("--seed", type=int, default=1234, help="seed of the frozen noise")
     parser.add_argument("--no_clean", action="store_true", help="leave out the clean condition")
@@ -753,6 +814,7 @@ def main(argv: Sequence[str] | None = None) -> EvaluationResult:
             cache_dir=args.cache_dir,
             max_utterances=args.max_utterances,
             skip_bad_files=args.skip_bad_files,
+            dimension_columns=args.dimension_columns.split(",") if args.dimension_columns else None,
         )
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

@@ -74,7 +74,7 @@ from merit.evaluation import (
     utterance_se_scores,
     write_report,
 )
-from merit.metrics import ser_metrics
+from merit.metrics import ccc, ser_metrics
 from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, tiny_backbone_config
 
 __all__ = [
@@ -150,6 +150,16 @@ class ModelArguments:
     load_balance_coef: float = field(default=0.01)
     router_z_loss_coef: float = field(default=0.001)
     se_sisdr_weight: float = field(default=0.0, metadata={"help": "weight of a -SI-SDR loss"})
+    categorical_head: bool = field(
+        default=True,
+        metadata={
+            "help": "keep the categorical emotion classifier; False trains the dimensional "
+            "head alone (needs --dimension_columns)"
+        },
+    )
+    dimension_loss_weight: float = field(
+        default=1.0, metadata={"help": "weight of the dimensional (1 - CCC) loss"}
+    )
     freeze_feature_encoder: bool | None = field(
         default=None,
         metadata={
@@ -188,6 +198,14 @@ class DataArguments:
     )
     label_column: str = field(default="label")
     audio_column: str | None = field(default=None)
+    dimension_columns: str | None = field(
+        default=None,
+        metadata={
+            "help": "comma-separated columns of dimensional ratings to train the dimensional "
+            "head on with a CCC loss, e.g. arousal,valence,dominance (the embedded corpus has "
+            "these) or EmoAct,EmoVal,EmoDom (MSP-Podcast); the model keeps these names"
+        },
+    )
     labels: str | None = field(
         default=None,
         metadata={
@@ -349,8 +367,19 @@ def default_tiny_backbone(hidden_size: int = 128, num_layers: int = 4) -> Pretra
     )
 
 
-def build_model(model_args: ModelArguments, id2label: Mapping[int, str]) -> torch.nn.Module:
-    """A fresh MERIT model (tiny random backbone, or a pretrained one), LoRA-wrapped if asked."""
+def build_model(
+    model_args: ModelArguments,
+    id2label: Mapping[int, str],
+    dimension_names: Sequence[str] | None = None,
+) -> torch.nn.Module:
+    """A fresh MERIT model (tiny random backbone, or a pretrained one), LoRA-wrapped if asked.
+
+    ``dimension_names`` adds the dimensional head (trained with the CCC loss)."""
+    if not model_args.categorical_head and not dimension_names:
+        raise ValueError(
+            "--categorical_head False leaves the emotion task without a head: give "
+            "--dimension_columns (e.g. arousal,valence,dominance)"
+        )
     tiny = model_args.backbone == "tiny"
     sizes = {
         key: getattr(model_args, key)
@@ -373,6 +402,9 @@ def build_model(model_args: ModelArguments, id2label: Mapping[int, str]) -> torc
         load_balance_coef=model_args.load_balance_coef,
         router_z_loss_coef=model_args.router_z_loss_coef,
         se_sisdr_weight=model_args.se_sisdr_weight,
+        categorical_head=model_args.categorical_head,
+        dimension_names=list(dimension_names) if dimension_names else None,
+        dimension_loss_weight=model_args.dimension_loss_weight,
         freeze_feature_encoder=freeze_encoder,
         freeze_backbone=model_args.freeze_backbone,
     )
@@ -417,6 +449,18 @@ def _label_names(data_args: DataArguments, labels: Sequence[str]) -> list[str]:
     return sorted(present)
 
 
+def _dimension_names(data_args: DataArguments) -> list[str] | None:
+    """``--dimension_columns`` as a list (``None`` when not given)."""
+    if not data_args.dimension_columns:
+        return None
+    names = [name.strip() for name in data_args.dimension_columns.split(",") if name.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(
+            f"--dimension_columns must list distinct names, got {data_args.dimension_columns!r}"
+        )
+    return names
+
+
 def build_validation_set(
     split: Dataset,
     noise_bank: NoiseBank,
@@ -452,6 +496,7 @@ class _PreparedData:
     validation: Dataset | None
     test: Dataset | None
     label_names: list[str]
+    dimension_names: list[str] | None
     noise_dir: Path
     dataset_name: str
     skipped: list[str]
@@ -461,10 +506,12 @@ def _prepare_data(
     data_args: DataArguments,
 ) -> tuple[_PreparedData, NoiseBank, NoiseBank | None]:
     source, noise_dir, display = resolve_data_sources(data_args.dataset, data_args.noise_dir)
+    dimension_names = _dimension_names(data_args)
     splits = load_speech_dataset(
         source,
         label_column=data_args.label_column,
         audio_column=data_args.audio_column,
+        dimension_columns=dimension_names,
         validation_fraction=data_args.validation_fraction,
         test_fraction=data_args.test_fraction,
     )
@@ -493,6 +540,7 @@ def _prepare_data(
         validation=kept.get("validation"),
         test=kept.get("test"),
         label_names=names,
+        dimension_names=dimension_names,
         noise_dir=noise_dir,
         dataset_name=display,
         skipped=skipped,
@@ -534,7 +582,7 @@ class MeritTrainer(Trainer):
                 "(labels for SER, clean_values for SE)"
             )
         if model.training:
-            for key in ("ser_loss", "se_loss", "aux_loss"):
+            for key in ("ser_loss", "se_loss", "dimension_loss", "aux_loss"):
                 value = outputs.get(key)
                 if value is not None:
                     self._loss_sums[key] = self._loss_sums.get(key, 0.0) + float(value.detach())
@@ -555,7 +603,11 @@ class MeritTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """Loss, one row per utterance ``[logits..., ssnr, si_sdr]`` and the labels."""
+        """Loss, one row per utterance and the labels.
+
+        A row is ``[logits..., dimensions..., dimension targets..., ssnr, si_sdr]`` with the
+        parts the model has; the dimension targets ride in the row because ``Trainer`` passes
+        only ``labels`` on as label ids."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             outputs = model(**inputs)
@@ -565,6 +617,8 @@ class MeritTrainer(Trainer):
         columns = []
         if outputs.logits is not None:
             columns.append(outputs.logits.detach().float())
+        if outputs.dimensions is not None and inputs.get("dimensions") is not None:
+            columns += [outputs.dimensions.detach().float(), inputs["dimensions"].float()]
         clean = inputs.get("clean_values")
         if outputs.enhanced_waveform is not None and clean is not None:
             columns.append(self._se_rows(outputs.enhanced_waveform, clean, inputs))
@@ -594,9 +648,15 @@ class MeritTrainer(Trainer):
         super().create_model_card(*args, **kwargs)
 
 
-def make_compute_metrics(label_names: Sequence[str] | None, enhances: bool):
-    """``compute_metrics`` for :meth:`MeritTrainer.prediction_step` rows."""
+def make_compute_metrics(
+    label_names: Sequence[str] | None,
+    enhances: bool,
+    dimension_names: Sequence[str] | None = None,
+):
+    """``compute_metrics`` for :meth:`MeritTrainer.prediction_step` rows: F1-macro and friends
+    with a classifier, ``ccc`` (mean) and ``ccc_<name>`` with dimensions, SE scores."""
     num_labels = len(label_names) if label_names else 0
+    dims = list(dimension_names or [])
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         rows = prediction.predictions
@@ -605,9 +665,19 @@ def make_compute_metrics(label_names: Sequence[str] | None, enhances: bool):
         if num_labels:
             labels = np.asarray(prediction.label_ids).reshape(-1)
             metrics.update(ser_metrics(rows[:, :num_labels].argmax(-1), labels, num_labels))
+        offset = num_labels
+        if dims:
+            predicted = rows[:, offset : offset + len(dims)]
+            rated = rows[:, offset + len(dims) : offset + 2 * len(dims)]
+            per_dimension = {
+                f"ccc_{name}": ccc(predicted[:, i], rated[:, i]) for i, name in enumerate(dims)
+            }
+            metrics["ccc"] = float(np.mean(list(per_dimension.values())))
+            metrics.update(per_dimension)
+            offset += 2 * len(dims)
         if enhances:
-            for offset, key in enumerate(_SE_COLUMNS):
-                values = rows[:, num_labels + offset]
+            for index, key in enumerate(_SE_COLUMNS):
+                values = rows[:, offset + index]
                 finite = values[np.isfinite(values)]
                 metrics[key] = float(finite.mean()) if finite.size else math.nan
         return metrics
@@ -683,9 +753,15 @@ def _setup_logging(training_args: TrainingArguments) -> None:
     transformers.utils.logging.enable_explicit_format()
 
 
-def _resolve_best_metric(training_args: MeritTrainingArguments, variant: str) -> None:
+def _resolve_best_metric(training_args: MeritTrainingArguments, model_args: ModelArguments) -> None:
     if training_args.metric_for_best_model == "auto":
-        training_args.metric_for_best_model = "ssnr" if variant == "se-only" else "f1_macro"
+        if model_args.variant == "se-only":
+            metric = "ssnr"
+        elif model_args.categorical_head:
+            metric = "f1_macro"
+        else:
+            metric = "ccc"
+        training_args.metric_for_best_model = metric
         training_args.greater_is_better = True
 
 
@@ -697,13 +773,14 @@ def _headline(rows: list[dict[str, Any]], system: str) -> dict[str, float]:
         row = next((r for r in rows if r["system"] == name and r["condition"] == condition), None)
         return None if row is None else row.get(key)
 
-    for key in ("f1_macro", "accuracy", "uar"):
+    for key in ("f1_macro", "accuracy", "uar", "ccc"):
         if value(system, "clean", key) is not None:
             out[f"clean_{key}"] = value(system, "clean", key)
     for noise in ("seen", "unseen"):
         condition = f"{noise}_0dB"
-        if value(system, condition, "f1_macro") is not None:
-            out[f"{condition}_f1_macro"] = value(system, condition, "f1_macro")
+        for key in ("f1_macro", "ccc"):
+            if value(system, condition, key) is not None:
+                out[f"{condition}_{key}"] = value(system, condition, key)
         enhanced = value(system, condition, "ssnr")
         noisy = value(UNPROCESSED, condition, "ssnr")
         if enhanced is not None and noisy is not None:
@@ -721,7 +798,7 @@ def main(
     started = time.perf_counter()
     model_args, data_args, training_args = parse_args(argv)
     _setup_logging(training_args)
-    _resolve_best_metric(training_args, model_args.variant)
+    _resolve_best_metric(training_args, model_args)
     if training_args.device.type == "cpu":
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator
     set_seed(training_args.seed)
@@ -733,14 +810,16 @@ def main(
     if prepared.skipped:
         logger.warning("%d unreadable file(s) were skipped", len(prepared.skipped))
     label2id = {name: i for i, name in enumerate(prepared.label_names)}
-    model = build_model(model_args, dict(enumerate(prepared.label_names)))
+    model = build_model(model_args, dict(enumerate(prepared.label_names)), prepared.dimension_names)
     base = _base_model(model)
     enhances = "se" in base.config.tasks
-    label_names = prepared.label_names if "ser" in base.config.tasks else None
+    recognizes = "ser" in base.config.tasks
+    label_names = prepared.label_names if recognizes and model_args.categorical_head else None
+    dimension_names = prepared.dimension_names if recognizes else None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
         "variant %s on %s backbone: %.2fM parameters, %.2fM trainable; data %s (%d train "
-        "utterances), labels %s",
+        "utterances), labels %s, dimensions %s",
         model_args.variant,
         model_args.backbone,
         sum(p.numel() for p in model.parameters()) / 1e6,
@@ -748,6 +827,7 @@ def main(
         prepared.dataset_name,
         len(prepared.train),
         prepared.label_names,
+        dimension_names,
     )
 
     mixer = NoisyMixer(
@@ -782,7 +862,7 @@ def main(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=feature_extractor,
-        compute_metrics=make_compute_metrics(label_names, enhances),
+        compute_metrics=make_compute_metrics(label_names, enhances, dimension_names),
         callbacks=[timer, _EpochSetter(train_dataset), *(callbacks or [])],
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,16 @@ def tiny(tmp_path_factory) -> Path:
 
 def test_metadata_matches_files_on_disk(tiny: Path) -> None:
     rows = _read_csv(tiny / "metadata.csv")
-    assert list(rows[0]) == ["file_name", "label", "speaker", "sentence_id", "split"]
+    assert list(rows[0]) == [
+        "file_name",
+        "label",
+        "speaker",
+        "sentence_id",
+        "split",
+        "arousal",
+        "valence",
+        "dominance",
+    ]
     # 6 speakers x 4 sentences (min(4, 20)) x 4 emotions
     assert len(rows) == 96
     on_disk = {str(p.relative_to(tiny)) for s in corpus.SPLITS for p in (tiny / s).glob("*.wav")}
@@ -60,6 +70,40 @@ def test_metadata_matches_files_on_disk(tiny: Path) -> None:
     assert info["counts"]["utterances"] == 96
     assert info["params"]["utterances_per_speaker"] == 16
     assert (tiny / "README.md").read_text().startswith("# merit default corpus")
+
+
+def test_dimensional_ratings_follow_class_centres_and_prosody() -> None:
+    for emotion, centre in corpus.DIMENSION_CENTRES.items():
+        at_centre = corpus.dimensional_ratings(emotion, corpus.emotion_prosody(emotion))
+        assert list(at_centre.values()) == pytest.approx(centre)
+    # One jitter standard deviation faster and louder: arousal moves by slope * 2/4, dominance
+    # (volume only) by slope * 1/3, valence (pitch only) not at all.
+    base = corpus.emotion_prosody("neutral")
+    j = corpus._UTTERANCE_JITTER
+    moved = corpus.dimensional_ratings(
+        "neutral", replace(base, rate=base.rate + j.rate, volume=base.volume + j.volume)
+    )
+    slope = corpus._DIMENSION_SLOPE
+    assert moved["arousal"] == pytest.approx(4.0 + slope / 2, abs=1e-3)
+    assert moved["dominance"] == pytest.approx(4.0 + slope / 3, abs=1e-3)
+    assert moved["valence"] == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="no dimensional centre for 'bored'"):
+        corpus.dimensional_ratings("bored", base)
+
+
+def test_built_ratings_are_on_the_1_to_7_scale_and_separate_the_classes(tiny: Path) -> None:
+    rows = _read_csv(tiny / "metadata.csv")
+    means = {}
+    for emotion in corpus.EMOTIONS:
+        values = np.array(
+            [[float(r[d]) for d in corpus.DIMENSIONS] for r in rows if r["label"] == emotion]
+        )
+        assert ((values >= 1) & (values <= 7)).all()
+        assert values.std(axis=0).min() > 0.1  # ratings vary inside a class
+        means[emotion] = dict(zip(corpus.DIMENSIONS, values.mean(axis=0), strict=True))
+    assert means["angry"]["arousal"] > means["neutral"]["arousal"] > means["sad"]["arousal"]
+    assert means["happy"]["valence"] > means["neutral"]["valence"] > means["angry"]["valence"]
+    assert means["angry"]["dominance"] > means["sad"]["dominance"]
 
 
 def test_audio_is_16k_mono_pcm16_and_not_silent(tiny: Path) -> None:
@@ -195,7 +239,10 @@ def test_default_corpus_dir(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MERIT_CORPUS_DIR")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    assert corpus.default_corpus_dir() == tmp_path / ".cache" / "merit" / "corpus-v1"
+    assert (
+        corpus.default_corpus_dir()
+        == tmp_path / ".cache" / "merit" / f"corpus-v{corpus.CORPUS_VERSION}"
+    )
 
 
 @pytest.mark.parametrize(

@@ -289,6 +289,88 @@ def test_csv_manifest_with_relative_paths_and_split_aliases(corpus, tmp_path):
     assert pairs(ds) == expected_pairs()
 
 
+def _rated(corpus: Path) -> dict[str, list[float]]:
+    """Made-up ratings per file name: (arousal, valence) from the speaker and sentence."""
+    with (corpus / "metadata.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    return {
+        Path(r["file_name"]).name: [1.0 + SPEAKERS.index(r["speaker"]), 2.5 + int(r["sentence_id"])]
+        for r in rows
+    }
+
+
+def test_dimension_columns_from_a_manifest_and_a_saved_dataset(corpus, noise_dir, tmp_path):
+    rated = _rated(corpus)
+    with (corpus / "metadata.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    manifest = tmp_path / "rated.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "speaker", "EmoAct", "EmoVal"])
+        for row in rows:
+            act, val = rated[Path(row["file_name"]).name]
+            writer.writerow(
+                [str(corpus / row["file_name"]), row["label"], row["speaker"], act, val]
+            )
+    from_csv = load_speech_dataset(str(manifest), dimension_columns=["EmoAct", "EmoVal"])
+    # Columns keep the requested order, whatever the file's order.
+    swapped = load_speech_dataset(str(manifest), dimension_columns=["EmoVal", "EmoAct"])
+    table = Dataset.from_dict(
+        {
+            "file": [str(corpus / r["file_name"]) for r in rows],
+            "label": [r["label"] for r in rows],
+            "speaker": [r["speaker"] for r in rows],
+            "EmoAct": [rated[Path(r["file_name"]).name][0] for r in rows],
+            "EmoVal": [rated[Path(r["file_name"]).name][1] for r in rows],
+        }
+    )
+    table.save_to_disk(str(tmp_path / "saved"))
+    from_disk = load_speech_dataset(
+        str(tmp_path / "saved"), audio_column="file", dimension_columns=["EmoAct", "EmoVal"]
+    )
+    for ds in (from_csv, from_disk):
+        assert ds["train"].features["dimensions"] == data_module.DIMENSIONS_FEATURE
+        for split in ds.values():
+            for example in split:
+                name = Path(example["audio"]["path"]).name
+                assert example["dimensions"] == pytest.approx(rated[name])
+    for split in swapped.values():
+        for example in split:
+            assert example["dimensions"] == pytest.approx(
+                rated[Path(example["audio"]["path"]).name][::-1]
+            )
+
+    # The frozen eval sets carry the ratings along, row for row.
+    noise = NoiseBank.from_dir(noise_dir, "seen")
+    sets = build_eval_sets(from_csv["test"], noise, None, snrs=(0,), include_clean=True)
+    for condition in sets.values():
+        assert condition["dimensions"] == from_csv["test"]["dimensions"]
+
+
+def test_bad_dimension_values_and_layouts_are_named(corpus, tmp_path):
+    with (corpus / "metadata.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    manifest = tmp_path / "rated.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "arousal"])
+        for index, row in enumerate(rows):
+            value = "high" if index == 3 else "4.5"
+            writer.writerow([str(corpus / row["file_name"]), row["label"], value])
+    with pytest.raises(
+        ValueError, match=r"row 5: dimensional values must be numbers \(arousal='high'\)"
+    ):
+        load_speech_dataset(str(manifest), dimension_columns=["arousal"])
+    with pytest.raises(ValueError, match="no dimension column valence"):
+        load_speech_dataset(str(manifest), dimension_columns=["arousal", "valence"])
+    with pytest.raises(ValueError, match="distinct"):
+        load_speech_dataset(str(manifest), dimension_columns=["arousal", "arousal"])
+    folders = tmp_path / "folders"
+    write_audio(folders / "angry" / "a.wav", tone(200), SR)
+    with pytest.raises(ValueError, match="class folders carry no dimensional ratings"):
+        load_speech_dataset(str(folders), dimension_columns=["arousal"])
+
+
 def test_jsonl_manifest_with_existing_train_test_gets_a_validation_split(corpus, tmp_path):
     with (corpus / "metadata.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -675,5 +757,10 @@ def test_collator_rejects_inconsistent_examples():
         collate([])
     with pytest.raises(ValueError, match="only 1 of 2 examples have 'clean_values'"):
         collate([{"input_values": [0.1], "clean_values": [0.1]}, {"input_values": [0.2]}])
-    with pytest.raises(ValueError, match="3 values per example"):
-        collate([{"input_values": [0.1], "dimensions": [0.1, 0.2]}])
+    with pytest.raises(ValueError, match="same number of dimensional values"):
+        collate(
+            [
+                {"input_values": [0.1], "dimensions": [0.1, 0.2]},
+                {"input_values": [0.1], "dimensions": [0.1, 0.2, 0.3]},
+            ]
+        )

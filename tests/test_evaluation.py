@@ -272,3 +272,66 @@ def test_command_line_with_saved_models_and_cascade(tiny_corpus, tmp_path, capsy
         evaluation.main(["--models", str(folders["mtl"]), "--names", "a", "b", "--out", str(out)])
     with pytest.raises(SystemExit):
         evaluation.main(["--out", str(out)])
+
+
+def test_dimensional_systems_are_scored_by_ccc_against_the_ratings(tiny_corpus, tmp_path):
+    from merit.corpus import DIMENSIONS
+    from merit.metrics import ccc
+
+    sets, _ = build_test_sets(
+        str(tiny_corpus),
+        snrs=(0,),
+        max_utterances=4,
+        cache_dir=tmp_path,
+        dimension_columns=list(DIMENSIONS),
+    )
+    model = ModelSystem(make_model(seed=3, dimension_names=list(DIMENSIONS)))
+    se = ModelSystem(make_model(seed=1, tasks=["se"]))
+    systems = {"dims": model, "cascade": CascadeSystem(se, model)}
+    result = evaluate_systems(systems, sets, batch_size=3, progress=False)
+    for condition, dataset in sets.items():
+        data = dataset.with_format("numpy")
+        rated = np.stack(list(data["dimensions"]))
+        predicted = np.concatenate(
+            [model.predict([np.asarray(w)]).dimensions for w in data["input_values"]]
+        )
+        row = result.get("dims", condition)
+        for i, name in enumerate(DIMENSIONS):
+            assert row[f"ccc_{name}"] == pytest.approx(ccc(predicted[:, i], rated[:, i]), abs=1e-4)
+        assert row["ccc"] == pytest.approx(np.mean([row[f"ccc_{n}"] for n in DIMENSIONS]))
+        assert "ccc" in result.get("cascade", condition)
+    assert "### CCC (mean over dimensions)" in format_markdown(result)
+
+    wrong = ModelSystem(make_model(seed=3, dimension_names=["arousal", "valence"]))
+    with pytest.raises(ValueError, match="3 dimensional values per utterance"):
+        evaluate_systems({"wrong": wrong}, sets, progress=False)
+
+
+def test_per_utterance_se_scores_are_kept_in_row_order():
+    rng = np.random.default_rng(0)
+    # Unsorted lengths: evaluate_systems batches by length, the scores must come back by row.
+    clean = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (3200, 1600, 2400)]
+    sets = {
+        name: Dataset.from_dict(
+            {
+                "input_values": [
+                    c + scale * rng.standard_normal(len(c)).astype(np.float32) for c in clean
+                ],
+                "clean_values": clean,
+                "label": ["a", "b", "a"],
+            }
+        )
+        for name, scale in (("seen_0dB", 0.1), ("seen_5dB", 0.05))
+    }
+    result = evaluate_systems(
+        {"unprocessed": UnprocessedInput()}, sets, batch_size=2, progress=False
+    )
+    for name, dataset in sets.items():
+        expected = [
+            evaluation.utterance_se_scores(np.asarray(c, np.float32), np.asarray(x, np.float32))
+            for c, x in zip(dataset["clean_values"], dataset["input_values"], strict=True)
+        ]
+        kept = result.utterance_scores["unprocessed"][name]
+        for key in ("ssnr", "si_sdr"):
+            np.testing.assert_allclose(kept[key], [e[key] for e in expected], rtol=1e-6)
+        assert result.get("unprocessed", name)["ssnr"] == pytest.approx(np.mean(kept["ssnr"]))

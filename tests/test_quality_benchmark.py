@@ -8,10 +8,8 @@ import math
 
 import numpy as np
 import pytest
-from datasets import Dataset
 
 from benchmarks import quality
-from merit.evaluation import UnprocessedInput, evaluate_systems, utterance_se_scores
 from merit.metrics import ser_metrics
 
 
@@ -185,32 +183,3 @@ def test_csv_and_plot_writers(tmp_path):
     plot = tmp_path / "q.png"
     quality.plot_f1_bands(summary, ["sparse"], plot, "test")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_recording_system_keeps_the_per_utterance_ssnr_of_evaluate_systems():
-    rng = np.random.default_rng(0)
-    clean = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (1600, 2400, 3200)]
-    sets = {
-        name: Dataset.from_dict(
-            {
-                "input_values": [
-                    c + scale * rng.standard_normal(len(c)).astype(np.float32) for c in clean
-                ],
-                "clean_values": clean,
-                "label": ["a", "b", "a"],
-            }
-        )
-        for name, scale in (("seen_0dB", 0.1), ("seen_5dB", 0.05))
-    }
-    index = quality.UtteranceIndex(sets)
-    recorder = quality.RecordingSystem(UnprocessedInput(), index)
-    result = evaluate_systems({"unprocessed": recorder}, sets, batch_size=2, progress=False)
-    for name, dataset in sets.items():
-        expected = [
-            utterance_se_scores(np.asarray(c, np.float32), np.asarray(x, np.float32))["ssnr"]
-            for c, x in zip(dataset["clean_values"], dataset["input_values"], strict=True)
-        ]
-        np.testing.assert_allclose(recorder.ssnr[name], expected, rtol=1e-6)
-        assert result.get("unprocessed", name)["ssnr"] == pytest.approx(np.mean(expected))
-    with pytest.raises(KeyError, match="not in the eval sets"):
-        index.locate(np.zeros(100, np.float32))

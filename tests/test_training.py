@@ -83,13 +83,18 @@ def test_variants_build_the_matching_configs():
         variant_config_kwargs("moe")
 
 
-def test_best_metric_follows_the_variant():
-    for variant, metric in (("sparse", "f1_macro"), ("se-only", "ssnr")):
-        _, _, args = parse_args(["--variant", variant, "--output_dir", "x"])
-        training._resolve_best_metric(args, variant)
+def test_best_metric_follows_the_variant_and_heads():
+    cases = (
+        (["--variant", "sparse"], "f1_macro"),
+        (["--variant", "se-only"], "ssnr"),
+        (["--categorical_head", "False", "--dimension_columns", "arousal"], "ccc"),
+    )
+    for flags, metric in cases:
+        model_args, _, args = parse_args([*flags, "--output_dir", "x"])
+        training._resolve_best_metric(args, model_args)
         assert (args.metric_for_best_model, args.greater_is_better) == (metric, True)
-    _, _, args = parse_args(["--metric_for_best_model", "uar"])
-    training._resolve_best_metric(args, "sparse")
+    model_args, _, args = parse_args(["--metric_for_best_model", "uar"])
+    training._resolve_best_metric(args, model_args)
     assert args.metric_for_best_model == "uar"
 
 
@@ -346,3 +351,76 @@ def test_lora_run_on_a_manifest_with_a_broken_file(tiny_corpus, tmp_path):
     wave = torch.from_numpy(np.sin(np.arange(8000) / 7.0).astype(np.float32))[None]
     with torch.no_grad():
         assert torch.isfinite(merged(input_values=wave).logits).all()
+
+
+def test_dimensional_rows_give_ccc_per_dimension():
+    """compute_metrics reads [logits, predicted dims, rated dims, ssnr, si_sdr] rows."""
+    from transformers import EvalPrediction
+
+    from merit.metrics import ccc
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 4))
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    predicted, rated = rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
+    se = rng.normal(size=(6, 2))
+    rows = np.concatenate([logits, predicted, rated, se], axis=1)
+    metrics = training.make_compute_metrics(list(LABELS.values()), True, ["arousal", "valence"])(
+        EvalPrediction(predictions=rows, label_ids=labels)
+    )
+    assert metrics["ccc_arousal"] == pytest.approx(ccc(predicted[:, 0], rated[:, 0]))
+    assert metrics["ccc_valence"] == pytest.approx(ccc(predicted[:, 1], rated[:, 1]))
+    assert metrics["ccc"] == pytest.approx((metrics["ccc_arousal"] + metrics["ccc_valence"]) / 2)
+    assert metrics["ssnr"] == pytest.approx(se[:, 0].mean())
+    assert metrics["si_sdr"] == pytest.approx(se[:, 1].mean())
+    assert metrics["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels))
+
+
+def test_dimensional_only_run_trains_selects_and_evaluates_by_ccc(tiny_corpus, tmp_path):
+    out = tmp_path / "dims"
+    dims = "arousal,valence,dominance"
+    results = training.main(
+        [
+            *("--dataset", str(tiny_corpus), "--output_dir", str(out)),
+            *("--dimension_columns", dims, "--categorical_head", "False"),
+            *("--max_steps", "2", "--eval_steps", "1", "--save_steps", "1"),
+            *("--eval_snrs", "0", "--max_eval_samples", "4", "--max_test_samples", "4"),
+            *TINY,
+        ]
+    )
+    assert results["metric_for_best_model"] == "ccc"
+    assert -1.0 <= results["best_validation_metric"] <= 1.0
+    config = json.loads((out / "config.json").read_text())
+    assert config["dimension_names"] == dims.split(",") and config["categorical_head"] is False
+    test = results["test"]
+    assert "clean_f1_macro" not in test and -1.0 <= test["clean_ccc"] <= 1.0
+    row = next(r for r in results["test_rows"] if r["condition"] == "clean" and "ccc" in r)
+    assert row["ccc"] == pytest.approx(
+        np.mean([row["ccc_arousal"], row["ccc_valence"], row["ccc_dominance"]])
+    )
+    assert "ccc" in (out / "evaluation" / "table.md").read_text().lower()
+
+    # The saved folder reproduces the CCC of the run through the public evaluation API.
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    sets, _ = build_test_sets(
+        str(tiny_corpus), snrs=(0,), max_utterances=4, dimension_columns=dims.split(",")
+    )
+    again = evaluate_systems({"sparse": ModelSystem(model)}, sets, progress=False)
+    for condition in ("clean", "seen_0dB"):
+        logged = next(
+            r
+            for r in results["test_rows"]
+            if r["system"] == "sparse" and r["condition"] == condition
+        )
+        assert again.get("sparse", condition)["ccc"] == pytest.approx(logged["ccc"], abs=1e-5)
+
+
+def test_dimensional_flags_are_checked(tiny_corpus, tmp_path):
+    with pytest.raises(ValueError, match="--dimension_columns"):
+        training.main(
+            ["--dataset", str(tiny_corpus), "--categorical_head", "False", *TINY, *LOOP_ONLY]
+        )
+    with pytest.raises(ValueError, match="no dimension column arousl"):
+        training.main(
+            ["--dataset", str(tiny_corpus), "--dimension_columns", "arousl", *TINY, *LOOP_ONLY]
+        )
