@@ -197,6 +197,13 @@ def test_dimensions_are_returned_per_file_and_per_segment():
         expected = np.dot(durations, values) / durations.sum()
         assert result.dimensions[name] == pytest.approx(expected, abs=1e-6)
 
+    # Dimensional head only: no label or class scores, the dimensions and enhancement remain.
+    only = make_model(dimension_names=names, categorical_head=False).eval()
+    result = analyze(only, None, noise(3.0, seed=7), SR, chunk_seconds=2.0)
+    assert result.label is None and result.probabilities is None
+    assert list(result.dimensions) == names and result.enhanced is not None
+    assert all(s.scores == {} and list(s.dimensions) == names for s in result.timeline)
+
 
 def test_single_task_models():
     ser = analyze(make_model(tasks=["ser"]).eval(), None, noise(1.0), SR)
