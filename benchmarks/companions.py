@@ -1,6 +1,11 @@
 """The two companion methods against their references, on the embedded corpus.
 
-MLKD (``merit.distillation``): a 2-layer student distilled from the frozen tiny 4-layer teacher
+No pretrained SSL encoder can be downloaded here, so the benchmark first trains a stand-in:
+the *teacher*, ``train.py``'s tiny backbone trained for SER on clean speech of the training
+speakers. Every other system starts from its encoder, so the comparison is like for like at
+a toy scale; absolute numbers say little about WavLM-size results.
+
+MLKD (``merit.distillation``): a 2-layer student distilled from the frozen 4-layer teacher
 (clean speech to the teacher, the noisy copy to the student, targets: teacher layers 2,3,4).
 Reported: parameters and inference time of student against teacher (same input, this run;
 also at WavLM-base size with random weights, 12 -> 2 layers, untrained), and SER F1-macro of
@@ -8,17 +13,15 @@ the distilled student against the *same* student without distillation, both fine
 (frozen backbone, same steps, same seed) on noisy speech.
 
 Adapter with local attributes (``merit.adapter_training``): pre-training + SER fine-tuning on the
-frozen tiny backbone, alone (``tasks=["ser"]``) and as the MERIT option (``["ser", "se"]``,
-sparse routing), against Sparse MERIT trained from the same backbone for the same total number
+frozen teacher encoder, alone (``tasks=["ser"]``) and as the MERIT option (``["ser", "se"]``,
+sparse routing), against Sparse MERIT trained from the same encoder for the same total number
 of optimizer steps (pre-training + fine-tuning).
 
-Every system starts from the same seeded random tiny backbone (nothing can be downloaded here),
-so absolute numbers say little about real SSL encoders; the comparison is like for like.
 Test conditions: the test speakers at -5/0/5/10 dB of seen and unseen noise (frozen by
 ``merit.data.build_eval_sets``) and clean.
 
-    python benchmarks/companions.py --quick    # a few minutes on 2 free cores
-    python benchmarks/companions.py            # full budget (better on a GPU)
+    python benchmarks/companions.py --quick    # ~10 minutes on a free core
+    python benchmarks/companions.py            # full budget (~1 hour on a free core)
 
 Writes benchmarks/results/companions.md and companions.json with the command that made them.
 """
@@ -64,6 +67,7 @@ from modeling_merit import MeritModel  # noqa: E402
 
 BUDGETS: dict[str, dict[str, Any]] = {
     "quick": dict(
+        teacher_steps=60,
         distill_steps=40,
         ser_steps=50,
         pretrain_steps=25,
@@ -74,13 +78,14 @@ BUDGETS: dict[str, dict[str, Any]] = {
         test_utterances=32,
     ),
     "full": dict(
+        teacher_steps=400,
         distill_steps=1000,
         ser_steps=500,
         pretrain_steps=500,
         finetune_steps=500,
-        batch_size=8,
+        batch_size=16,
         learning_rate=1e-3,
-        max_seconds=3.0,
+        max_seconds=2.0,
         test_utterances=None,
     ),
 }
@@ -113,7 +118,7 @@ def training_args(
 def train_with_train_py(
     work: Path,
     name: str,
-    backbone: Path,
+    backbone: str | Path,
     variant: str,
     steps: int,
     budget: dict[str, Any],
@@ -220,12 +225,38 @@ def subset(result: EvaluationResult, systems: list[str]) -> EvaluationResult:
 # --------------------------------------------------------------------------------------------
 
 
-def run_mlkd(
+def run_teacher(
     work: Path, budget: dict, cli: argparse.Namespace
+) -> tuple[Path, dict[str, MeritModel]]:
+    """The encoder every other system starts from, standing in for an SSL model (none can be
+    downloaded here): ``train.py``'s tiny backbone trained for SER on *clean* speech of the
+    training speakers, with ``train.py``'s default batch (32 one-second crops). A frozen
+    random encoder is no stand-in: its features carry too little for any head to learn from
+    in these budgets (the first quick run left every system at chance)."""
+    teacher = train_with_train_py(
+        work,
+        "teacher",
+        "tiny",
+        "ser-only",
+        budget["teacher_steps"],
+        budget,
+        cli,
+        *("--clean_prob", "1.0", "--per_device_train_batch_size", "32"),
+        *("--max_train_seconds", "1.0"),
+    )
+    folder = work / "teacher-backbone"
+    teacher.backbone.save_pretrained(folder)
+    return folder, {"teacher": teacher}
+
+
+def run_mlkd(
+    work: Path, teacher_dir: Path, budget: dict, cli: argparse.Namespace
 ) -> tuple[dict[str, Any], dict[str, MeritModel]]:
-    teacher = load_backbone("tiny", seed=SEED)
+    teacher = load_backbone(str(teacher_dir))
     distilled_dir = distill(
-        DistillationArguments(student_layers=2, teacher_layers="2,3,4", teacher_seed=SEED),
+        DistillationArguments(
+            teacher=str(teacher_dir), student_layers=2, teacher_layers="2,3,4", teacher_seed=SEED
+        ),
         DataArguments(max_train_seconds=budget["max_seconds"]),
         training_args(work, "mlkd", budget["distill_steps"], budget, cli),
     )
@@ -257,13 +288,14 @@ def run_mlkd(
 
 
 def run_adapter(
-    work: Path, budget: dict, cli: argparse.Namespace
+    work: Path, teacher_dir: Path, budget: dict, cli: argparse.Namespace
 ) -> tuple[dict[str, Any], dict[str, MeritModel]]:
     total = budget["pretrain_steps"] + budget["finetune_steps"]
     models = {}
     for name, tasks in (("adapter", "ser"), ("adapter-merit", "ser,se")):
         folder = train_adapter(
             AdapterArguments(
+                backbone=str(teacher_dir),
                 tasks=tasks,
                 pretrain_steps=budget["pretrain_steps"],
                 pretrain_learning_rate=budget["learning_rate"],
@@ -277,10 +309,8 @@ def run_adapter(
             training_args(work, name, budget["finetune_steps"], budget, cli),
         )
         models[name] = MeritModel.from_pretrained(folder)
-    backbone = work / "tiny-backbone"
-    load_backbone("tiny", seed=SEED).save_pretrained(backbone)
     models["sparse-merit"] = train_with_train_py(
-        work, "sparse-merit", backbone, "sparse", total, budget, cli
+        work, "sparse-merit", teacher_dir, "sparse", total, budget, cli
     )
     return {"total_steps": total}, models
 
@@ -309,7 +339,7 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
     out.mkdir(parents=True, exist_ok=True)
     budget = report["budget"]
     mlkd_systems, adapter_systems = (
-        ["mlkd-student", "plain-student"],
+        ["teacher", "mlkd-student", "plain-student"],
         [
             "adapter",
             "adapter-merit",
@@ -322,16 +352,22 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
         f"Command: `{report['command']}` ({report['elapsed_minutes']:.1f} min on "
         f"{report['device']}; {report['test_utterances']} test utterances per condition).",
         "",
-        "All systems start from the same seeded *random* tiny backbone (4 layers, 64 wide): no "
-        "pretrained SSL encoder can be downloaded here, so the numbers compare the methods "
-        "like for like at a toy scale and say little about WavLM-size results. Budgets: "
+        "No pretrained SSL encoder can be downloaded here, so a stand-in comes first: "
+        "`teacher`, `train.py`'s tiny backbone (4 layers, 128 wide, group-norm conv encoder) "
+        f"trained {budget['teacher_steps']} steps for SER on *clean* speech of the training "
+        "speakers (`--variant ser-only --clean_prob 1.0`, batch 32 one-second crops). Every "
+        "other system starts from its encoder, so the numbers compare the methods like for "
+        "like at a toy scale and say little about WavLM-size results. Unlike an SSL encoder "
+        "this one has seen the emotion labels of the training speakers; the test speakers are "
+        "held out. Budgets: "
         + ", ".join(f"{k}={v}" for k, v in budget.items())
         + f"; seed {SEED}; linear schedule with 5 % warm-up.",
         "",
         "## MLKD: multi-level knowledge distillation",
         "",
-        "Student (2 layers, initialised from the teacher's conv encoder and first 2 layers) "
-        "hears noisy speech and predicts teacher layers 2, 3, 4 (teacher on the clean copy) "
+        "Student (2 layers, initialised from the teacher's conv encoder and first 2 layers; "
+        "the `plain-student` is that initialisation, not distilled) hears noisy speech and "
+        "predicts teacher layers 2, 3, 4 (teacher on the clean copy) "
         "with L1 - log sigmoid(cos). Both students are then fine-tuned for SER by `train.py "
         f"--variant ser-only --freeze_backbone True` for {budget['ser_steps']} steps.",
         "",
@@ -374,11 +410,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sets = test_sets(budget)
     with tempfile.TemporaryDirectory(prefix="merit-companions-") as folder:
         work = Path(folder)
-        mlkd, mlkd_models = run_mlkd(work, budget, cli)
-        adapter, adapter_models = run_adapter(work, budget, cli)
+        teacher_dir, teacher_models = run_teacher(work, budget, cli)
+        mlkd, mlkd_models = run_mlkd(work, teacher_dir, budget, cli)
+        adapter, adapter_models = run_adapter(work, teacher_dir, budget, cli)
     systems = {
         name: ModelSystem(model, device=cli.device)
-        for name, model in {**mlkd_models, **adapter_models}.items()
+        for name, model in {**teacher_models, **mlkd_models, **adapter_models}.items()
     }
     result = evaluate_systems(systems, sets, batch_size=8, progress=not cli.no_progress)
     device = (
