@@ -24,7 +24,7 @@ paired seeds. Both measure test-set sampling noise given the trained models; the
 training seeds is what the ``±`` columns show (three seeds are too few for a test over seeds).
 
     python benchmarks/quality.py --quick   # pipeline check: < 10 min on 2 free cores
-    python benchmarks/quality.py           # the benchmark: < 60 min on 2 free cores
+    python benchmarks/quality.py           # the benchmark: 55 min measured on one core
 
 Budgets (:data:`BUDGETS`): full = 350 steps of 32 one-second crops per system and seed, 160
 of the 240 test utterances (evenly spaced: every speaker and emotion) per condition; quick =
@@ -105,9 +105,8 @@ class Budget:
     Batches of 32 one-second crops, as ``train.py``'s defaults: with 8 utterances per step the
     emotion loss stayed at chance for 600+ steps, with 32 it learns within 200 (measured by
     the training module's author). The full budget is what fits 15 trainings and 3
-    evaluations in an hour of one free core: measured in the --quick run, the five variants
-    take ~2.1 s CPU per step together (+3 s each to start) and evaluation ~0.16 s per test
-    utterance and condition for all systems together, so ~37 + 11 min.
+    evaluations in an hour of one free core: planned from the --quick run as ~37 + 11 min;
+    the full run measured 55.0 min wall, 54.1 min CPU (2.1-3.0 min per training).
     """
 
     steps: int
