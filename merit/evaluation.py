@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from merit.audio import AudioError, load_audio
 from merit.data import NoiseBank, build_eval_sets, check_labels, load_speech_dataset
-from merit.metrics import ccc, confusion_matrix_figure, se_metrics, ser_metrics
+from merit.metrics import ccc_metrics, confusion_matrix_figure, se_metrics, ser_metrics
 
 __all__ = [
     "CascadeSystem",
@@ -337,12 +337,14 @@ def evaluate_systems(
         if missing:
             raise ValueError(f"eval set {condition!r} lacks column(s) {sorted(missing)}")
         labels = list(dataset["label"])
+        rated = None
+        if "dimensions" in dataset.column_names:
+            rated = np.asarray(list(dataset["dimensions"]), dtype=np.float64)
         for name, system in systems.items():
             if system.label_names is not None:
                 references[name, condition] = _reference_ids(labels, system.label_names)
             dimension_names = getattr(system, "dimension_names", None)
-            if dimension_names and "dimensions" in dataset.column_names:
-                rated = np.asarray(list(dataset["dimensions"]), dtype=np.float64)
+            if dimension_names and rated is not None:
                 if rated.ndim != 2 or rated.shape[1] != len(dimension_names):
                     raise ValueError(
                         f"eval set {condition!r} has {rated.shape[-1]} dimensional values per "
@@ -432,12 +434,7 @@ def _evaluate_condition(
         decisions = (predictions.tolist(), refs.tolist())
     if dimensions is not None and dimension_refs is not None:
         names = system.dimension_names  # type: ignore[attr-defined]
-        per_dimension = {
-            f"ccc_{name}": ccc(dimensions[:, i], dimension_refs[:, i])
-            for i, name in enumerate(names)
-        }
-        row["ccc"] = float(np.mean(list(per_dimension.values())))
-        row.update(per_dimension)
+        row.update(ccc_metrics(dimensions, dimension_refs, names))
     for key, values in scores.items():
         row[key] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
     return row, decisions, {key: values.tolist() for key, values in scores.items()}

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ccc",
+    "ccc_metrics",
     "confusion_matrix_figure",
     "pesq_score",
     "se_metrics",
@@ -385,6 +386,22 @@ def ccc(predictions: Any, references: Any) -> float:
     if denominator == 0.0:
         return _undefined("CCC", "predictions and references are the same constant")
     return float(2.0 * covariance / denominator)
+
+
+def ccc_metrics(predictions: Any, references: Any, names: Sequence[str]) -> dict[str, float]:
+    """``ccc`` (mean over dimensions) and ``ccc_<name>`` per dimension of ``(N, D)`` arrays,
+    the keys training logs and evaluation tables use."""
+    predicted = np.asarray(predictions, dtype=np.float64)
+    rated = np.asarray(references, dtype=np.float64)
+    if predicted.shape != rated.shape or predicted.ndim != 2 or predicted.shape[1] != len(names):
+        raise ValueError(
+            f"predictions {predicted.shape} and references {rated.shape} must both be "
+            f"(N, {len(names)}) for dimensions {list(names)}"
+        )
+    per_dimension = {
+        f"ccc_{name}": ccc(predicted[:, i], rated[:, i]) for i, name in enumerate(names)
+    }
+    return {"ccc": float(np.mean(list(per_dimension.values()))), **per_dimension}
 
 
 def confusion_matrix_figure(

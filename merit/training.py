@@ -74,7 +74,7 @@ from merit.evaluation import (
     utterance_se_scores,
     write_report,
 )
-from merit.metrics import ccc, ser_metrics
+from merit.metrics import ccc_metrics, ser_metrics
 from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, tiny_backbone_config
 
 __all__ = [
@@ -669,11 +669,7 @@ def make_compute_metrics(
         if dims:
             predicted = rows[:, offset : offset + len(dims)]
             rated = rows[:, offset + len(dims) : offset + 2 * len(dims)]
-            per_dimension = {
-                f"ccc_{name}": ccc(predicted[:, i], rated[:, i]) for i, name in enumerate(dims)
-            }
-            metrics["ccc"] = float(np.mean(list(per_dimension.values())))
-            metrics.update(per_dimension)
+            metrics.update(ccc_metrics(predicted, rated, dims))
             offset += 2 * len(dims)
         if enhances:
             for index, key in enumerate(_SE_COLUMNS):

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from merit.metrics import (
     ccc,
+    ccc_metrics,
     confusion_matrix_figure,
     pesq_score,
     se_metrics,
@@ -273,6 +274,18 @@ def test_ccc_by_hand() -> None:
     assert ccc(np.array(references) + 1.0, references) == pytest.approx(5 / 7)
     # Mirrored about the shared mean 2.5: perfect disagreement.
     assert ccc(5.0 - np.array(references), references) == pytest.approx(-1.0)
+
+
+def test_ccc_metrics_per_dimension_and_mean() -> None:
+    rated = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]])
+    # Arousal predicted as in the hand example (11/14), valence shifted by 1 (5/7).
+    predicted = np.array([[2.0, 2.0], [2.0, 3.0], [4.0, 4.0], [5.0, 5.0]])
+    out = ccc_metrics(predicted, rated, ["arousal", "valence"])
+    assert out == pytest.approx(
+        {"ccc": (11 / 14 + 5 / 7) / 2, "ccc_arousal": 11 / 14, "ccc_valence": 5 / 7}
+    )
+    with pytest.raises(ValueError, match=r"must both be \(N, 3\)"):
+        ccc_metrics(predicted, rated, ["arousal", "valence", "dominance"])
 
 
 def test_ccc_undefined_and_bad_input() -> None:
