@@ -80,7 +80,7 @@ DIMENSIONS_FEATURE = List(Value("float32"))
 def load_speech_dataset(
     source: str,
     *,
-    label_column: str = "label",
+    label_column: str | None = "label",
     audio_column: str | None = None,
     speaker_column: str = "speaker",
     split_column: str = "split",
@@ -105,6 +105,8 @@ def load_speech_dataset(
     ``dimension_columns`` (for example MSP-Podcast's ``["EmoAct", "EmoVal", "EmoDom"]``, or the
     embedded corpus' ``["arousal", "valence", "dominance"]``) become one float ``dimensions``
     column in that order; a missing or non-numeric value is an error naming the row.
+    ``label_column=None`` reads a corpus without categorical labels (dimensional ratings only,
+    or clean speech for enhancement): the result then has no ``label`` column.
     """
     for name, fraction in (("validation", validation_fraction), ("test", test_fraction)):
         if not 0.0 <= fraction < 1.0:
@@ -125,7 +127,7 @@ def load_speech_dataset(
 class _Columns:
     """Source column names, passed around together."""
 
-    label: str
+    label: str | None
     audio: str | None
     speaker: str
     split: str
@@ -200,7 +202,8 @@ def _from_table(table: Path, columns: _Columns) -> dict[str, Dataset]:
     )
     paths, labels, splits = [], [], []
     for line_number, row in enumerate(rows, start=2 if table.suffix.lower() == ".csv" else 1):
-        relative, label = _text(row.get(audio_column)), _text(row.get(columns.label))
+        relative = _text(row.get(audio_column))
+        label = _text(row.get(columns.label)) if columns.label else "-"
         if not relative or not label:
             raise ValueError(
                 f"{table}: row {line_number} has an empty {audio_column!r} or "
@@ -227,7 +230,7 @@ def _from_table(table: Path, columns: _Columns) -> dict[str, Dataset]:
             f"{table}: row",
             first,
         )
-    dataset = _file_dataset(paths, labels, speakers, dimensions)
+    dataset = _file_dataset(paths, labels if columns.label else None, speakers, dimensions)
     return _group_by_split(dataset, splits, str(table))
 
 
@@ -252,13 +255,13 @@ def _require_columns(
     where: str,
     available: Sequence[str],
     audio_column: str | None,
-    label_column: str,
+    label_column: str | None,
     dimension_columns: Sequence[str] = (),
 ) -> str:
-    """Check the audio, label and dimension columns exist; returns the audio column
-    (auto-detected if ``audio_column`` is None)."""
+    """Check the audio, label (unless ``None``) and dimension columns exist; returns the audio
+    column (auto-detected if ``audio_column`` is None)."""
     audio_column = audio_column or next((c for c in AUDIO_PATH_COLUMNS if c in available), None)
-    roles = [("audio", audio_column), ("label", label_column)]
+    roles = [("audio", audio_column)] + ([("label", label_column)] if label_column else [])
     roles += [("dimension", name) for name in dimension_columns]
     for role, name in roles:
         if name is None or name not in available:
@@ -307,12 +310,14 @@ def _from_class_folders(root: Path, columns: _Columns) -> dict[str, Dataset]:
 
 def _file_dataset(
     paths: Sequence[Path],
-    labels: Sequence[str],
+    labels: Sequence[str] | None,
     speakers: Sequence[str] | None,
     dimensions: Sequence[Sequence[float]] | None = None,
 ) -> Dataset:
     """Build the normalised dataset from file lists (no torchcodec needed for this route)."""
-    data: dict[str, list] = {"audio": [str(p.resolve()) for p in paths], "label": list(labels)}
+    data: dict[str, list] = {"audio": [str(p.resolve()) for p in paths]}
+    if labels is not None:
+        data["label"] = list(labels)
     if speakers is not None:
         data["speaker"] = list(speakers)
     dataset = Dataset.from_dict(data).cast_column("audio", Audio(decode=False))
@@ -356,20 +361,24 @@ def _normalize_hf(dataset: Dataset, columns: _Columns) -> Dataset:
     audio_column = _require_columns(
         "dataset", names, audio_column, columns.label, columns.dimensions
     )
-    feature = dataset.features[columns.label]
-    raw_labels = list(dataset[columns.label])
-    if isinstance(feature, ClassLabel):
-        raw_labels = feature.int2str(raw_labels)
-    labels = [_text(value) for value in raw_labels]
-    if not all(labels):
-        raise ValueError(f"some rows have an empty {columns.label!r} value")
+    labels = None
+    if columns.label:
+        feature = dataset.features[columns.label]
+        raw_labels = list(dataset[columns.label])
+        if isinstance(feature, ClassLabel):
+            raw_labels = feature.int2str(raw_labels)
+        labels = [_text(value) for value in raw_labels]
+        if not all(labels):
+            raise ValueError(f"some rows have an empty {columns.label!r} value")
     speakers = None
     if columns.speaker in names:
         speakers = [_text(value) for value in list(dataset[columns.speaker])]
     out = dataset.select_columns([audio_column])
     if audio_column != "audio":
         out = out.rename_column(audio_column, "audio")
-    out = out.cast_column("audio", Audio(decode=False)).add_column("label", labels)
+    out = out.cast_column("audio", Audio(decode=False))
+    if labels is not None:
+        out = out.add_column("label", labels)
     if speakers is not None:
         out = out.add_column("speaker", speakers)
     if columns.dimensions:
@@ -745,7 +754,8 @@ def build_eval_sets(
     """
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
-    missing = {"audio", "label"} - set(dataset_split.column_names)
+    required = {"audio"} | ({"label"} if label2id is not None else set())
+    missing = required - set(dataset_split.column_names)
     if missing:
         raise ValueError(
             f"dataset_split lacks column(s) {sorted(missing)}; load it with load_speech_dataset"
@@ -768,17 +778,17 @@ def build_eval_sets(
         if cached is not None:
             return cached
 
-    label_feature = Value("string") if label2id is None else Value("int64")
     features = Features(
         {
             "input_values": List(Value("float32")),
             "clean_values": List(Value("float32")),
-            "label": label_feature,
             "snr": Value("float64"),
             "noise_type": Value("string"),
             "condition": Value("string"),
         }
     )
+    if "label" in dataset_split.column_names:
+        features["label"] = Value("string") if label2id is None else Value("int64")
     if "dimensions" in dataset_split.column_names:
         features["dimensions"] = DIMENSIONS_FEATURE
     build_dir = None if out_dir is None else Path(out_dir) / ".build"
@@ -831,8 +841,9 @@ def _eval_example(
     rng = np.random.default_rng([seed, zlib.crc32(condition.kind.encode()), index])
     clean = load_audio(example["audio"], sampling_rate)
     out = _corrupt(clean, condition.bank, condition.snr_db, rng)
-    label = example["label"]
-    out["label"] = label if label2id is None else _encode_label(label, label2id)
+    if "label" in example:
+        label = example["label"]
+        out["label"] = label if label2id is None else _encode_label(label, label2id)
     out["condition"] = condition.name
     if "dimensions" in example:
         out["dimensions"] = example["dimensions"]
@@ -848,7 +859,8 @@ def _eval_settings(
 ) -> dict[str, Any]:
     """What the eval sets depend on; the cache is reused only when all of it matches."""
     audio = dataset.with_format("arrow")["audio"].combine_chunks()
-    content = hashlib.sha256(json.dumps(list(dataset["label"])).encode())
+    labels = list(dataset["label"]) if "label" in dataset.column_names else None
+    content = hashlib.sha256(json.dumps(labels).encode())
     if "dimensions" in dataset.column_names:
         content.update(json.dumps(list(dataset["dimensions"])).encode())
     for path, blob in zip(audio.field("path").to_pylist(), audio.field("bytes"), strict=True):

@@ -333,10 +333,13 @@ def evaluate_systems(
     references: dict[tuple[str, str], np.ndarray] = {}
     dimension_refs: dict[tuple[str, str], np.ndarray] = {}
     for condition, dataset in eval_sets.items():
-        missing = {"input_values", "clean_values", "label"} - set(dataset.column_names)
+        required = {"input_values", "clean_values"}
+        if any(system.label_names is not None for system in systems.values()):
+            required.add("label")
+        missing = required - set(dataset.column_names)
         if missing:
             raise ValueError(f"eval set {condition!r} lacks column(s) {sorted(missing)}")
-        labels = list(dataset["label"])
+        labels = list(dataset["label"]) if "label" in dataset.column_names else []
         rated = None
         if "dimensions" in dataset.column_names:
             rated = np.asarray(list(dataset["dimensions"]), dtype=np.float64)
@@ -695,15 +698,19 @@ def build_test_sets(
     max_utterances: int | None = None,
     skip_bad_files: bool = False,
     dimension_columns: Sequence[str] | None = None,
+    label_column: str | None = "label",
 ) -> tuple[dict[str, Dataset], str]:
     """The frozen test conditions of a dataset and its display name.
 
     ``cache_dir`` keeps the sets on disk (memory-mapped, reused by later runs with the same
     data and settings); without it a temporary folder is used, so memory stays small.
-    ``dimension_columns`` carries dimensional ratings along, for CCC.
+    ``dimension_columns`` carries dimensional ratings along, for CCC; ``label_column=None``
+    reads a corpus without categorical labels.
     """
     source, noise, display = resolve_data_sources(dataset, noise_dir)
-    splits = load_speech_dataset(source, dimension_columns=dimension_columns)
+    splits = load_speech_dataset(
+        source, label_column=label_column, dimension_columns=dimension_columns
+    )
     if split not in splits:
         raise ValueError(f"dataset {display!r} has no {split!r} split (has {list(splits)})")
     test = spread_subset(splits[split], max_utterances)
@@ -769,6 +776,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--noise_dir", help="noise folder (default: the corpus' noise bank)")
     parser.add_argument("--split", default="test")
     parser.add_argument(
+        "--label_column",
+        default="label",
+        help="column of the emotion class ('none': the corpus has no categorical labels)",
+    )
+    parser.add_argument(
         "--dimension_columns",
         help="comma-separated rating columns in the models' dimension order, scored by CCC "
         "(e.g. arousal,valence,dominance)",
@@ -812,6 +824,7 @@ def main(argv: Sequence[str] | None = None) -> EvaluationResult:
             max_utterances=args.max_utterances,
             skip_bad_files=args.skip_bad_files,
             dimension_columns=args.dimension_columns.split(",") if args.dimension_columns else None,
+            label_column=None if args.label_column.lower() in ("", "none") else args.label_column,
         )
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

@@ -196,7 +196,13 @@ class DataArguments:
             "the dataset's noise/ folder, else the embedded corpus' noise bank"
         },
     )
-    label_column: str = field(default="label")
+    label_column: str = field(
+        default="label",
+        metadata={
+            "help": "column of the emotion class; 'none' for a corpus without categorical "
+            "labels (then train dimensions with --categorical_head False, or --variant se-only)"
+        },
+    )
     audio_column: str | None = field(default=None)
     dimension_columns: str | None = field(
         default=None,
@@ -393,7 +399,7 @@ def build_model(
     kwargs = dict(
         variant_config_kwargs(model_args.variant),
         **sizes,
-        id2label={int(k): str(v) for k, v in id2label.items()},
+        **({"id2label": {int(k): str(v) for k, v in id2label.items()}} if id2label else {}),
         num_experts=model_args.num_experts,
         router_top_k=model_args.router_top_k,
         expert_dropout=model_args.expert_dropout,
@@ -449,6 +455,12 @@ def _label_names(data_args: DataArguments, labels: Sequence[str]) -> list[str]:
     return sorted(present)
 
 
+def _label_column(data_args: DataArguments) -> str | None:
+    """``--label_column``, with ``none`` (or empty) meaning the corpus has no class labels."""
+    column = data_args.label_column.strip()
+    return None if column.lower() in ("", "none") else column
+
+
 def _dimension_names(data_args: DataArguments) -> list[str] | None:
     """``--dimension_columns`` as a list (``None`` when not given)."""
     if not data_args.dimension_columns:
@@ -467,7 +479,7 @@ def build_validation_set(
     snrs: Sequence[float],
     *,
     seed: int,
-    label2id: Mapping[str, int],
+    label2id: Mapping[str, int] | None,
 ) -> Dataset:
     """One frozen noisy copy of the validation split: utterance ``i`` is mixed with seen
     noise at ``snrs[i % len(snrs)]``, so one pass covers every SNR at the cost of one set."""
@@ -507,9 +519,10 @@ def _prepare_data(
 ) -> tuple[_PreparedData, NoiseBank, NoiseBank | None]:
     source, noise_dir, display = resolve_data_sources(data_args.dataset, data_args.noise_dir)
     dimension_names = _dimension_names(data_args)
+    label_column = _label_column(data_args)
     splits = load_speech_dataset(
         source,
-        label_column=data_args.label_column,
+        label_column=label_column,
         audio_column=data_args.audio_column,
         dimension_columns=dimension_names,
         validation_fraction=data_args.validation_fraction,
@@ -517,13 +530,15 @@ def _prepare_data(
     )
     if "train" not in splits:
         raise ValueError(f"dataset {display!r} has no train split (has {list(splits)})")
-    names = _label_names(data_args, list(splits["train"]["label"]))
-    label2id = {name: index for index, name in enumerate(names)}
-    for split_name, split in splits.items():
-        try:
-            check_labels(split["label"], label2id)
-        except ValueError as err:
-            raise ValueError(f"{display} ({split_name} split): {err}") from err
+    names: list[str] = []
+    if label_column is not None:
+        names = _label_names(data_args, list(splits["train"]["label"]))
+        label2id = {name: index for index, name in enumerate(names)}
+        for split_name, split in splits.items():
+            try:
+                check_labels(split["label"], label2id)
+            except ValueError as err:
+                raise ValueError(f"{display} ({split_name} split): {err}") from err
     limits = {"validation": data_args.max_eval_samples, "test": data_args.max_test_samples}
     kept: dict[str, Dataset] = {}
     skipped: list[str] = []
@@ -623,7 +638,12 @@ class MeritTrainer(Trainer):
         if outputs.enhanced_waveform is not None and clean is not None:
             columns.append(self._se_rows(outputs.enhanced_waveform, clean, inputs))
         rows = torch.cat(columns, dim=1) if columns else None
-        return loss, rows, inputs.get("labels")
+        labels = inputs.get("labels")
+        if labels is None and rows is not None:
+            # Trainer calls compute_metrics only when label ids exist; a corpus without class
+            # labels (dimensions or SE only) still has metrics, carried in the rows.
+            labels = torch.full((rows.shape[0],), -1, dtype=torch.long, device=rows.device)
+        return loss, rows, labels
 
     def _se_rows(
         self, enhanced: torch.Tensor, clean: torch.Tensor, inputs: Mapping[str, Any]
@@ -805,7 +825,13 @@ def main(
         logger.warning("skipped unreadable file: %s", message)
     if prepared.skipped:
         logger.warning("%d unreadable file(s) were skipped", len(prepared.skipped))
-    label2id = {name: i for i, name in enumerate(prepared.label_names)}
+    if not prepared.label_names and model_args.categorical_head and model_args.variant != "se-only":
+        raise ValueError(
+            f"{prepared.dataset_name} has no class labels (--label_column none): train the "
+            "dimensional head alone (--categorical_head False --dimension_columns ...) or "
+            "--variant se-only"
+        )
+    label2id = {name: i for i, name in enumerate(prepared.label_names)} or None
     model = build_model(model_args, dict(enumerate(prepared.label_names)), prepared.dimension_names)
     base = _base_model(model)
     enhances = "se" in base.config.tasks

@@ -347,6 +347,26 @@ def test_dimension_columns_from_a_manifest_and_a_saved_dataset(corpus, noise_dir
         assert condition["dimensions"] == from_csv["test"]["dimensions"]
 
 
+def test_corpus_without_labels_loads_and_gets_eval_sets(corpus, noise_dir, tmp_path):
+    rated = _rated(corpus)
+    manifest = tmp_path / "ratings.jsonl"
+    with manifest.open("w") as handle:
+        for name, (act, _valence) in rated.items():
+            handle.write(json.dumps({"path": str(corpus / "wav" / name), "act": act}) + "\n")
+    ds = load_speech_dataset(str(manifest), label_column=None, dimension_columns=["act"])
+    assert ds["train"].column_names == ["audio", "dimensions"]
+    assert sum(len(split) for split in ds.values()) == len(rated)
+    sets = build_eval_sets(ds["test"], NoiseBank.from_dir(noise_dir, "seen"), None, snrs=(0,))
+    for condition in sets.values():
+        assert "label" not in condition.column_names
+        assert condition["dimensions"] == ds["test"]["dimensions"]
+    with pytest.raises(ValueError, match="lack.*label"):
+        build_eval_sets(ds["test"], None, None, label2id=LABEL2ID)
+    # The default still insists on the label column.
+    with pytest.raises(ValueError, match="no label column label"):
+        load_speech_dataset(str(manifest), dimension_columns=["act"])
+
+
 def test_bad_dimension_values_and_layouts_are_named(corpus, tmp_path):
     with (corpus / "metadata.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -424,3 +424,33 @@ def test_dimensional_flags_are_checked(tiny_corpus, tmp_path):
         training.main(
             ["--dataset", str(tiny_corpus), "--dimension_columns", "arousl", *TINY, *LOOP_ONLY]
         )
+
+
+def test_corpus_without_class_labels_trains_the_dimensional_head(tiny_corpus, tmp_path):
+    """An A/V/D-only corpus: --label_column none, no classifier, selection and test by CCC."""
+    with (tiny_corpus / "metadata.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    manifest = tmp_path / "ratings.csv"
+    columns = ["file_name", "speaker", "split", "arousal", "valence", "dominance"]
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([str(tiny_corpus / row["file_name"])] + [row[c] for c in columns[1:]])
+    noise = ["--noise_dir", str(tiny_corpus / "noise")]
+    out = tmp_path / "ratings-only"
+    common = ["--dataset", str(manifest), "--label_column", "none", *noise, *TINY]
+    results = training.main(
+        [
+            *common,
+            *("--dimension_columns", "arousal,valence,dominance", "--categorical_head", "False"),
+            *("--output_dir", str(out), "--max_steps", "2", "--eval_steps", "1"),
+            *("--save_steps", "1", "--eval_snrs", "0", "--max_eval_samples", "4"),
+            "--max_test_samples",
+            "4",
+        ]
+    )
+    assert results["metric_for_best_model"] == "ccc"
+    assert "clean_ccc" in results["test"] and "clean_f1_macro" not in results["test"]
+    with pytest.raises(ValueError, match="has no class labels"):
+        training.main([*common, *LOOP_ONLY])
