@@ -778,17 +778,14 @@ def build_eval_sets(
         if cached is not None:
             return cached
 
-    features = Features(
-        {
-            "input_values": List(Value("float32")),
-            "clean_values": List(Value("float32")),
-            "snr": Value("float64"),
-            "noise_type": Value("string"),
-            "condition": Value("string"),
-        }
-    )
+    columns: dict[str, Any] = {
+        "input_values": List(Value("float32")),
+        "clean_values": List(Value("float32")),
+    }
     if "label" in dataset_split.column_names:
-        features["label"] = Value("string") if label2id is None else Value("int64")
+        columns["label"] = Value("string") if label2id is None else Value("int64")
+    columns |= {"snr": Value("float64"), "noise_type": Value("string")}
+    features = Features({**columns, "condition": Value("string")})
     if "dimensions" in dataset_split.column_names:
         features["dimensions"] = DIMENSIONS_FEATURE
     build_dir = None if out_dir is None else Path(out_dir) / ".build"
