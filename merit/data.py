@@ -51,6 +51,8 @@ __all__ = [
     "check_labels",
     "load_speech_dataset",
     "mix_at_snr",
+    "name_list",
+    "optional_column",
 ]
 
 #: Split names found in the wild, mapped to the three names the package uses.
@@ -164,6 +166,23 @@ def _load_with_datasets(source: str) -> Dataset | DatasetDict:
             f"cannot load dataset {source!r}: it is not an audio folder, save_to_disk folder or "
             f"CSV/JSONL manifest, and datasets.load_dataset failed: {err}"
         ) from err
+
+
+def name_list(text: str | None, flag: str) -> list[str] | None:
+    """A comma-separated command-line list (``--labels``, ``--dimension_columns``) as distinct,
+    stripped names in the given order; ``None`` when the flag was not given."""
+    if not text:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"{flag} must list distinct names, got {text!r}")
+    return names
+
+
+def optional_column(text: str) -> str | None:
+    """A column flag where ``none`` (or nothing) says the corpus has no such column."""
+    column = text.strip()
+    return None if column.lower() in ("", "none") else column
 
 
 def read_rows(table: Path) -> list[dict[str, Any]]:

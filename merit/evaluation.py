@@ -35,7 +35,14 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from merit.audio import AudioError, load_audio
-from merit.data import NoiseBank, build_eval_sets, check_labels, load_speech_dataset
+from merit.data import (
+    NoiseBank,
+    build_eval_sets,
+    check_labels,
+    load_speech_dataset,
+    name_list,
+    optional_column,
+)
 from merit.metrics import ccc_metrics, confusion_matrix_figure, se_metrics, ser_metrics
 
 __all__ = [
@@ -823,8 +830,8 @@ def main(argv: Sequence[str] | None = None) -> EvaluationResult:
             cache_dir=args.cache_dir,
             max_utterances=args.max_utterances,
             skip_bad_files=args.skip_bad_files,
-            dimension_columns=args.dimension_columns.split(",") if args.dimension_columns else None,
-            label_column=None if args.label_column.lower() in ("", "none") else args.label_column,
+            dimension_columns=name_list(args.dimension_columns, "--dimension_columns"),
+            label_column=optional_column(args.label_column),
         )
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

@@ -59,6 +59,8 @@ from merit.data import (
     build_eval_sets,
     check_labels,
     load_speech_dataset,
+    name_list,
+    optional_column,
 )
 from merit.evaluation import (
     UNPROCESSED,
@@ -444,33 +446,13 @@ def _label_names(data_args: DataArguments, labels: Sequence[str]) -> list[str]:
     those names (so ids match the default model), else sorted names."""
     from merit.corpus import EMOTIONS
 
-    if data_args.labels:
-        names = [name.strip() for name in data_args.labels.split(",") if name.strip()]
-        if len(set(names)) != len(names) or not names:
-            raise ValueError(f"--labels must list distinct names, got {data_args.labels!r}")
+    names = name_list(data_args.labels, "--labels")
+    if names:
         return names
     present = set(labels)
     if present <= set(EMOTIONS):
         return [name for name in EMOTIONS if name in present]
     return sorted(present)
-
-
-def _label_column(data_args: DataArguments) -> str | None:
-    """``--label_column``, with ``none`` (or empty) meaning the corpus has no class labels."""
-    column = data_args.label_column.strip()
-    return None if column.lower() in ("", "none") else column
-
-
-def _dimension_names(data_args: DataArguments) -> list[str] | None:
-    """``--dimension_columns`` as a list (``None`` when not given)."""
-    if not data_args.dimension_columns:
-        return None
-    names = [name.strip() for name in data_args.dimension_columns.split(",") if name.strip()]
-    if not names or len(set(names)) != len(names):
-        raise ValueError(
-            f"--dimension_columns must list distinct names, got {data_args.dimension_columns!r}"
-        )
-    return names
 
 
 def build_validation_set(
@@ -518,8 +500,8 @@ def _prepare_data(
     data_args: DataArguments,
 ) -> tuple[_PreparedData, NoiseBank, NoiseBank | None]:
     source, noise_dir, display = resolve_data_sources(data_args.dataset, data_args.noise_dir)
-    dimension_names = _dimension_names(data_args)
-    label_column = _label_column(data_args)
+    dimension_names = name_list(data_args.dimension_columns, "--dimension_columns")
+    label_column = optional_column(data_args.label_column)
     splits = load_speech_dataset(
         source,
         label_column=label_column,

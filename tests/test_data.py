@@ -784,3 +784,17 @@ def test_collator_rejects_inconsistent_examples():
                 {"input_values": [0.1], "dimensions": [0.1, 0.2, 0.3]},
             ]
         )
+
+
+def test_command_line_name_lists_and_optional_columns():
+    assert data_module.name_list(" arousal, valence ,dominance", "--x") == [
+        "arousal",
+        "valence",
+        "dominance",
+    ]
+    assert data_module.name_list(None, "--x") is None and data_module.name_list("", "--x") is None
+    for bad in ("a,a", " , "):
+        with pytest.raises(ValueError, match="--dimension_columns must list distinct names"):
+            data_module.name_list(bad, "--dimension_columns")
+    assert data_module.optional_column(" EmoClass ") == "EmoClass"
+    assert data_module.optional_column("None") is None and data_module.optional_column("") is None
