@@ -60,11 +60,11 @@ def _worker(minutes: float, chunk_seconds: float, batch_size: int, threads: int)
 
     sys.path.insert(0, str(ROOT))
     from merit.inference import analyze
-    from modeling_merit import MeritModel, tiny_merit_config
+    from modeling_merit import MeritModel, minimal_merit_config
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = MeritModel(tiny_merit_config()).eval()
+    model = MeritModel(minimal_merit_config()).eval()
     rate = model.config.sampling_rate
     total = int(minutes * 60 * rate)
     # Fill the input block by block: a float64 draw of the whole length would double the peak.

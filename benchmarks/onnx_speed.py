@@ -30,10 +30,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "onnx_speed.md"
 def _models() -> dict[str, torch.nn.Module]:
     from transformers import WavLMConfig
 
-    from modeling_merit import MeritConfig, MeritModel, tiny_merit_config
+    from modeling_merit import MeritConfig, MeritModel, minimal_merit_config
 
     torch.manual_seed(0)
-    tiny = tiny_merit_config()
+    tiny = minimal_merit_config()
     base = MeritConfig(backbone_config=WavLMConfig())
     return {"tiny": MeritModel(tiny).eval(), "base": MeritModel(base).eval()}
 

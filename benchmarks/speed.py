@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modeling_merit import MeritConfig, MeritModel  # noqa: E402
-from modeling_merit.modeling_merit import MeritExpertPool  # noqa: E402
+from modeling_merit.mixture_merit import MeritMixtureOfExperts  # noqa: E402
 
 SAMPLE_RATE = 16000
 SYSTEMS = ("backbone", "hf-wavlm", "sparse", "dense", "naive-mtl", "hf-wavlm-cls", "cascade")
@@ -165,7 +165,7 @@ def expert_layer_ratio(repeats: int) -> dict[str, float]:
     """The expert layer alone: 8 experts, top-2 dispatch against the dense softmax mixture."""
     config = MeritConfig(backbone_config=WavLMConfig(), num_experts=8, router_top_k=2)
     torch.manual_seed(0)
-    pool = MeritExpertPool(config).eval()
+    pool = MeritMixtureOfExperts(config).eval()
     tokens = torch.randn(8 * 499, config.hidden_size)  # batch 8 x 10 s of 20 ms frames
     logits = torch.randn(tokens.shape[0], config.num_experts)
     top, idx = logits.topk(2, dim=-1)
@@ -175,11 +175,11 @@ def expert_layer_ratio(repeats: int) -> dict[str, float]:
 
     def run(indices: torch.Tensor, weights: torch.Tensor) -> float:
         with torch.inference_mode():
-            pool(tokens, indices, weights)
+            pool.combine(tokens, indices, weights)
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                pool(tokens, indices, weights)
+                pool.combine(tokens, indices, weights)
                 times.append(time.perf_counter() - start)
         return statistics.median(times)
 

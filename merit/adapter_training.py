@@ -48,7 +48,6 @@ from transformers import TrainerCallback, TrainingArguments
 
 from merit.distillation import (
     TINY_TEACHER,
-    backbone_hidden_states,
     load_backbone,
     load_noisy_training_data,
     merit_on_backbone,
@@ -294,8 +293,9 @@ class AdapterPretrainer(nn.Module):
         return self
 
     @property
-    def num_groups(self) -> int:
-        return self.model.integration.layer_logits.shape[0]
+    def groups(self) -> list[str]:
+        """The layer integrations pre-training trains: one per routed task, or the shared one."""
+        return list(self.model.config.integration_groups)
 
     def _student(self) -> nn.ModuleDict:
         """The online branch, built on the fly: registering it as a submodule would store
@@ -333,12 +333,7 @@ class AdapterPretrainer(nn.Module):
         random span mask (tests, analysis)."""
         model = self.model
         with torch.no_grad():
-            hidden_states, frame_mask = backbone_hidden_states(
-                model.backbone,
-                input_values,
-                attention_mask,
-                normalize=model.config.normalize_input,
-            )
+            hidden_states, frame_mask = model.backbone_features(input_values, attention_mask)
         if masked_frames is None:
             masked_frames = span_mask(frame_mask, self.mask_rate, self.mask_span)
         elif masked_frames.shape != frame_mask.shape:
@@ -351,16 +346,16 @@ class AdapterPretrainer(nn.Module):
         with torch.no_grad():
             targets = [
                 F.layer_norm(
-                    MeritModel._integrate(self.teacher, hidden_states, group, frame_mask, None),
+                    MeritModel.integrate(self.teacher, hidden_states, group, frame_mask),
                     (model.config.hidden_size,),
                 )
-                for group in range(self.num_groups)
+                for group in self.groups
             ]
             if self.training and self._refresh_due():
                 self.refresh_clusters(torch.cat([t[frame_mask] for t in targets]))
         totals = {"mask": 0.0, "distill": 0.0, "cluster": 0.0}
-        for group, target in enumerate(targets):
-            student = model._integrate(hidden_states, group, frame_mask, masked)
+        for group, target in zip(self.groups, targets, strict=True):
+            student = model.integrate(hidden_states, group, frame_mask, masked)
             totals["mask"] = totals["mask"] + regression_loss(
                 self.mask_head(student[masked]), target[masked], self.mask_loss
             )
@@ -383,7 +378,7 @@ class AdapterPretrainer(nn.Module):
                 else cluster_logits.sum() * 0.0  # nothing masked: cross-entropy would be NaN
             )
             totals["cluster"] = totals["cluster"] + cluster
-        parts = {name: value / self.num_groups for name, value in totals.items()}
+        parts = {name: value / len(self.groups) for name, value in totals.items()}
         loss = sum(self.weights[name] * value for name, value in parts.items())
         return {"loss": loss, **{f"{name}_loss": value.detach() for name, value in parts.items()}}
 
@@ -501,7 +496,7 @@ def prepare_for_finetuning(model: MeritModel) -> MeritModel:
     """Make every MERIT module trainable again after pre-training, the encoder still frozen
     (as the model's config says)."""
     model.requires_grad_(True)
-    model._apply_freezing()
+    model.apply_freezing()
     return model.train()
 
 

@@ -177,7 +177,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from merit.audio import load_audio, write_audio
-    from merit.inference import analyze, load_model, prediction_names
+    from merit.inference import analyze, load_model
 
     output = Path(args.output)
     fmt = output.suffix.lower().lstrip(".")
@@ -188,7 +188,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         print(f"No audio files found in '{args.input}'.", file=sys.stderr)
         return 2
     model, feature_extractor = load_model(args.model, device=args.device)
-    labels, dims = prediction_names(model)
+    labels, dims = model.config.label_names, model.config.predicted_dimensions
     enhanced_dir = Path(args.enhanced_dir) if args.enhanced_dir else None
     written: set[Path] = set()
     rate = int(model.config.sampling_rate)

@@ -992,7 +992,7 @@ class DataCollatorForMerit:
                     f"every example needs the same number of dimensional values, got {sizes}"
                 )
             dims = np.array([np.atleast_1d(f["dimensions"]) for f in features], dtype=np.float32)
-            batch["dimensions"] = torch.from_numpy(dims)
+            batch["dimension_labels"] = torch.from_numpy(dims)
         return batch
 
     @staticmethod

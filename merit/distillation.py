@@ -52,13 +52,9 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from merit.data import DataCollatorForMerit, NoisyMixer
-from modeling_merit import MeritModel, tiny_backbone_config
-from modeling_merit.configuration_merit import SUPPORTED_BACKBONES
-from modeling_merit.modeling_merit import (
-    _receptive_field,
-    backbone_hidden_states,
-    normalize_waveforms,
-)
+from modeling_merit import MeritModel, minimal_backbone_config
+from modeling_merit.configuration_merit import SUPPORTED_BACKBONES, backbone_frame_geometry
+from modeling_merit.modeling_merit import backbone_hidden_states, normalize_waveforms
 
 if TYPE_CHECKING:  # imported where used: merit.training may import this module to dispatch
     from merit.training import DataArguments
@@ -104,7 +100,7 @@ def load_backbone(
 ) -> PreTrainedModel:
     """A frozen backbone in eval mode: the MLKD teacher, or the encoder of a MERIT model.
 
-    ``"tiny"``: the 4-layer random backbone of :func:`tiny_backbone_config` (seeded, so the
+    ``"tiny"``: the 4-layer random backbone of :func:`minimal_backbone_config` (seeded, so the
     same seed gives the same teacher in every run). Otherwise a Hub id or folder holding a
     WavLM / wav2vec 2.0 / HuBERT checkpoint (bare or with a task head), or a saved MERIT model,
     whose (possibly fine-tuned) backbone is taken.
@@ -116,7 +112,7 @@ def load_backbone(
             )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            teacher = AutoModel.from_config(tiny_backbone_config(model_type))
+            teacher = AutoModel.from_config(minimal_backbone_config(model_type))
     else:
         config = AutoConfig.from_pretrained(name_or_path)
         if config.model_type == "merit":
@@ -278,7 +274,7 @@ class MultiLevelDistiller(nn.Module):
         for name, model in (("teacher", teacher), ("student", student)):
             if model.config.model_type not in SUPPORTED_BACKBONES:
                 raise ValueError(f"{name} must be one of {SUPPORTED_BACKBONES} backbones.")
-        if _receptive_field(teacher.config) != _receptive_field(student.config):
+        if backbone_frame_geometry(teacher.config) != backbone_frame_geometry(student.config):
             raise ValueError("teacher and student need the same conv encoder (frame rate).")
         self.teacher = teacher.eval().requires_grad_(False)
         self.student = student

@@ -131,14 +131,9 @@ class ModelSystem:
         )
         self.model.to(self.device)
         self.feature_extractor = MeritFeatureExtractor(sampling_rate=config.sampling_rate)
-        tasks = list(getattr(config, "tasks", ["ser", "se"]))
-        has_classifier = "ser" in tasks and getattr(config, "categorical_head", True)
-        self.label_names = (
-            [str(config.id2label[i]) for i in range(config.num_labels)] if has_classifier else None
-        )
-        self.enhances = "se" in tasks
-        names = getattr(config, "dimension_names", None)
-        self.dimension_names = list(names) if names and "ser" in tasks else None
+        self.label_names = [str(name) for name in config.label_names] or None
+        self.enhances = config.has_enhancement_head
+        self.dimension_names = config.predicted_dimensions or None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None) -> ModelSystem:

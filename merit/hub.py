@@ -49,6 +49,10 @@ MODEL_FILES = (
     "preprocessor_config.json",
     "configuration_merit.py",
     "modeling_merit.py",
+    "backbones_merit.py",
+    "integration_merit.py",
+    "mixture_merit.py",
+    "heads_merit.py",
     "feature_extraction_merit.py",
 )
 
@@ -65,6 +69,10 @@ SPACE_FILES = (
     "modeling_merit/configuration_merit.py",
     "modeling_merit/feature_extraction_merit.py",
     "modeling_merit/modeling_merit.py",
+    "modeling_merit/backbones_merit.py",
+    "modeling_merit/integration_merit.py",
+    "modeling_merit/mixture_merit.py",
+    "modeling_merit/heads_merit.py",
 )
 #: Training leftovers that do not belong in a model repository.
 IGNORE_PATTERNS = ("checkpoint-*", "runs", "*.pt", "*.bin", "*.tmp", ".*", "__pycache__")

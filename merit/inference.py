@@ -33,7 +33,6 @@ __all__ = [
     "cross_fade_weights",
     "load_model",
     "plan_chunks",
-    "prediction_names",
 ]
 
 
@@ -76,17 +75,6 @@ def load_model(
         raise ValueError(f"'{text}' holds a '{model.config.model_type}' model, not a MERIT model.")
     feature_extractor = AutoFeatureExtractor.from_pretrained(text, trust_remote_code=True)
     return model.to(device).eval(), feature_extractor
-
-
-def prediction_names(model: MeritModel) -> tuple[list[str], list[str]]:
-    """Class labels and dimension names the model predicts (empty lists for missing heads)."""
-    config = model.config
-    if model.ser_head is None:
-        return [], []
-    labels = (
-        [config.id2label[i] for i in range(config.num_labels)] if config.categorical_head else []
-    )
-    return labels, list(config.dimension_names or [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +271,7 @@ def analyze(
     rate = int(model.config.sampling_rate)
     if feature_extractor is None:
         feature_extractor = MeritFeatureExtractor(sampling_rate=rate)
-    min_samples = int(model.frame_field)
+    min_samples = int(model.min_input_samples)
     chunk, overlap = _check_settings(chunk_seconds, overlap_seconds, batch_size, min_samples, rate)
     if max_seconds is not None and sampling_rate > 0:
         seconds = _raw_duration(waveform, sampling_rate)
@@ -356,13 +344,14 @@ class _Collector:
         self.plan = plan
         self.rate = int(config.sampling_rate)
         self.hop = int(model.frame_hop)
-        self.labels, self.dim_names = prediction_names(model)
+        self.labels, self.dim_names = config.label_names, config.predicted_dimensions
         self.enhanced = (
-            np.zeros(plan.total, dtype=np.float32) if model.se_head is not None else None
+            np.zeros(plan.total, dtype=np.float32) if config.has_enhancement_head else None
         )
-        frames = int(model.backbone._get_feat_extract_output_lengths(torch.tensor(plan.total)))
-        routed = [] if config.routing == "shared" else list(config.tasks)
-        self.routing = {t: np.zeros((frames, config.num_experts), np.float32) for t in routed}
+        frames = int(model.frame_lengths(torch.tensor(plan.total)))
+        self.routing = {
+            t: np.zeros((frames, config.num_experts), np.float32) for t in config.routed_tasks
+        }
         # Preallocated rather than appended per batch: small long-lived arrays scattered between
         # the large per-batch temporaries keep the allocator from reusing that space.
         chunks = len(plan.starts)

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merit.inference import prediction_names
 from modeling_merit import MeritModel
 
 __all__ = ["DFTEnhancementHead", "export_onnx", "exportable", "onnx_output_names"]
@@ -100,28 +99,16 @@ class DFTEnhancementHead(nn.Module):
         sample_lengths: torch.Tensor,
         scale: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        head = self.head
         real, imag = self.stft(noisy)
         magnitude = torch.sqrt(real.pow(2) + imag.pow(2)) / scale[:, None, None]
-        features = torch.log(magnitude + 1e-5).transpose(1, 2)
-        context = head.frames_to_stft(hidden, frame_lengths, real.shape[-1])
-        mask = torch.sigmoid(head.mask_out(head.mask_net(torch.cat([context, features], -1))))
-        mask = mask.transpose(1, 2)
+        mask = self.head.predict_mask(hidden, frame_lengths, magnitude)
         enhanced = self.istft(real * mask, imag * mask, sample_lengths, noisy.shape[-1])
         return enhanced, magnitude * mask
 
 
 def onnx_output_names(model: MeritModel) -> list[str]:
     """Names of the graph outputs for this model, in order (see the module docstring)."""
-    labels, dimensions = prediction_names(model)
-    names = []
-    if labels:
-        names.append("logits")
-    if dimensions:
-        names.append("dimensions")
-    if model.se_head is not None:
-        names.append("enhanced_waveform")
-    return names
+    return list(model.config.heads)
 
 
 class _OnnxGraph(nn.Module):
@@ -144,7 +131,7 @@ def exportable(model: MeritModel) -> Iterator[MeritModel]:
     Everything is restored on exit, also after an error, so a model can be exported in the
     middle of a session and used on as before.
     """
-    dispatch = getattr(getattr(model, "expert_pool", None), "dispatch", True)
+    dispatch = model.mixture.dispatch
     head, training = model.se_head, model.training
     try:
         model.set_expert_dispatch(False)
@@ -171,7 +158,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     names = onnx_output_names(model)
     device = next(model.parameters()).device
-    samples = max(int(example_seconds * model.config.sampling_rate), int(model.frame_field))
+    samples = max(int(example_seconds * model.config.sampling_rate), int(model.min_input_samples))
     example = torch.randn(2, samples, device=device) * 0.1
     dynamic_axes = {"input_values": {0: "batch", 1: "samples"}}
     for name in names:

@@ -77,7 +77,7 @@ from merit.evaluation import (
     write_report,
 )
 from merit.metrics import ccc_metrics, ser_metrics
-from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, tiny_backbone_config
+from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, minimal_backbone_config
 
 __all__ = [
     "DataArguments",
@@ -364,7 +364,7 @@ def default_tiny_backbone(hidden_size: int = 128, num_layers: int = 4) -> Pretra
     """
     if hidden_size % 4:
         raise ValueError(f"tiny_hidden_size must be a multiple of 4, got {hidden_size}")
-    return tiny_backbone_config(
+    return minimal_backbone_config(
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
@@ -553,14 +553,12 @@ def _prepare_data(
 class MeritTrainer(Trainer):
     """``Trainer`` that gathers fixed-width evaluation rows and logs the task losses.
 
-    ``MeritModel.forward`` takes ``**kwargs``, which would make ``Trainer`` believe the model
-    normalises its loss by ``num_items_in_batch`` itself (wrong gradient-accumulation and
-    multi-process scaling); the model returns a per-batch mean, so that is switched off.
+    (The model returns per-batch mean losses and says so with ``accepts_loss_kwargs = False``,
+    so ``Trainer`` scales them correctly under gradient accumulation and several processes.)
     """
 
     def __init__(self, *args: Any, model_card: Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.model_accepts_loss_kwargs = False
         self.model_card = dict(model_card or {})
         self._loss_sums: dict[str, float] = {}
         self._loss_count = 0
@@ -614,8 +612,8 @@ class MeritTrainer(Trainer):
         columns = []
         if outputs.logits is not None:
             columns.append(outputs.logits.detach().float())
-        if outputs.dimensions is not None and inputs.get("dimensions") is not None:
-            columns += [outputs.dimensions.detach().float(), inputs["dimensions"].float()]
+        if outputs.dimensions is not None and inputs.get("dimension_labels") is not None:
+            columns += [outputs.dimensions.detach().float(), inputs["dimension_labels"].float()]
         clean = inputs.get("clean_values")
         if outputs.enhanced_waveform is not None and clean is not None:
             columns.append(self._se_rows(outputs.enhanced_waveform, clean, inputs))
@@ -816,10 +814,9 @@ def main(
     label2id = {name: i for i, name in enumerate(prepared.label_names)} or None
     model = build_model(model_args, dict(enumerate(prepared.label_names)), prepared.dimension_names)
     base = _base_model(model)
-    enhances = "se" in base.config.tasks
-    recognizes = "ser" in base.config.tasks
-    label_names = prepared.label_names if recognizes and model_args.categorical_head else None
-    dimension_names = prepared.dimension_names if recognizes else None
+    enhances = base.config.has_enhancement_head
+    label_names = base.config.label_names or None
+    dimension_names = base.config.predicted_dimensions or None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
         "variant %s on %s backbone: %.2fM parameters, %.2fM trainable; data %s (%d train "

@@ -1,7 +1,8 @@
-"""Sparse MERIT model files: config, model and feature extractor.
+"""Sparse MERIT model files: config, model parts and feature extractor.
 
-These three files are also what ``save_pretrained`` copies next to the weights, so a Hub copy
-loads with ``trust_remote_code=True`` and nothing else installed.
+The ``*_merit.py`` files are also what ``save_pretrained`` copies next to the weights (the model
+file and the files it imports relatively), so a Hub copy loads with ``trust_remote_code=True``
+and nothing else installed.
 """
 
 from transformers import (
@@ -11,7 +12,7 @@ from transformers import (
     AutoModelForAudioClassification,
 )
 
-from .configuration_merit import MeritConfig, tiny_backbone_config, tiny_merit_config
+from .configuration_merit import MeritConfig, minimal_backbone_config, minimal_merit_config
 from .feature_extraction_merit import MeritFeatureExtractor
 from .modeling_merit import MeritModel, MeritOutput
 
@@ -35,7 +36,7 @@ __all__ = [
     "MeritFeatureExtractor",
     "MeritModel",
     "MeritOutput",
+    "minimal_backbone_config",
+    "minimal_merit_config",
     "register_auto_classes",
-    "tiny_backbone_config",
-    "tiny_merit_config",
 ]

@@ -13,12 +13,37 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 TASKS = ("ser", "se")
 ROUTING_MODES = ("sparse", "dense", "shared")
-SUPPORTED_BACKBONES = ("wavlm", "wav2vec2", "hubert")
+SUPPORTED_BACKBONES = ("wavlm", "wav2vec2", "hubert", "whisper")
+INTEGRATIONS = ("weighted_sum",)
+SER_HEADS = ("attentive_statistics",)
+SE_HEADS = ("mask_mlp",)
 DEFAULT_EMOTIONS = ("neutral", "happy", "sad", "angry")
+#: Whisper's front end: 10 ms mel frames, and the encoder's second convolution halves them.
+WHISPER_MEL_HOP = 160
+WHISPER_FRAME_HOP = 2 * WHISPER_MEL_HOP
 
 
-def tiny_backbone_config(model_type: str = "wavlm", **overrides: Any) -> PretrainedConfig:
-    """A very small random backbone so that tests and offline demo runs finish in seconds.
+def backbone_frame_geometry(backbone_config: PretrainedConfig) -> tuple[int, int]:
+    """Receptive field and hop (samples) of one backbone output frame.
+
+    Conv encoders (WavLM, wav2vec 2.0, HuBERT): from their kernels and strides (400 / 320 at
+    16 kHz). Whisper: a 400-sample mel window, then two 3-tap convolutions over 10 ms mel
+    frames, the second with stride 2 (1040 / 320).
+    """
+    if backbone_config.model_type == "whisper":
+        return 400 + 4 * WHISPER_MEL_HOP, WHISPER_FRAME_HOP
+    field, stride = 1, 1
+    for kernel, step in zip(backbone_config.conv_kernel, backbone_config.conv_stride, strict=True):
+        field += (kernel - 1) * stride
+        stride *= step
+    return field, stride
+
+
+def minimal_backbone_config(model_type: str = "wavlm", **overrides: Any) -> PretrainedConfig:
+    """A very small random backbone for tests and benchmarks of the code paths (milliseconds).
+
+    Not a model to train: ``merit.training``'s ``--backbone tiny`` is the small from-scratch
+    backbone meant for training.
 
     ``feat_extract_norm="layer"`` keeps padded and unpadded forward passes identical (group norm
     normalises over the padded time axis); ``do_stable_layer_norm`` matches WavLM-large style.
@@ -49,13 +74,14 @@ def tiny_backbone_config(model_type: str = "wavlm", **overrides: Any) -> Pretrai
     return CONFIG_MAPPING[model_type](**kwargs)
 
 
-def tiny_merit_config(**overrides: Any) -> MeritConfig:
-    """A tiny MERIT config on :func:`tiny_backbone_config`: 4 experts 32 wide, a 256-point STFT.
+def minimal_merit_config(**overrides: Any) -> MeritConfig:
+    """A minimal MERIT config on :func:`minimal_backbone_config`: 4 experts 32 wide, a 256-point
+    STFT.
 
     One definition for tests, benchmarks and demos that need a model in milliseconds.
     """
     kwargs: dict[str, Any] = dict(
-        backbone_config=tiny_backbone_config(),
+        backbone_config=minimal_backbone_config(),
         hidden_size=32,
         num_experts=4,
         expert_hidden_size=64,
@@ -76,9 +102,10 @@ class MeritConfig(PretrainedConfig):
 
     Args:
         backbone_config (`dict` or `PretrainedConfig`, *optional*):
-            Config of the SSL backbone (WavLM, wav2vec 2.0 or HuBERT). Stored in full so that
-            ``from_pretrained`` rebuilds the model without downloading anything. Defaults to a
-            WavLM-base-size configuration with random weights.
+            Config of the speech backbone (WavLM, wav2vec 2.0, HuBERT, or a Whisper model of
+            which only the encoder is built). Stored in full so that ``from_pretrained``
+            rebuilds the model without downloading anything. Defaults to a WavLM-base-size
+            configuration with random weights.
         tasks (`list[str]`, *optional*, defaults to `["ser", "se"]`):
             Tasks with a head. One task alone gives the SER-only or SE-only baselines.
         routing (`str`, *optional*, defaults to `"sparse"`):
@@ -86,6 +113,15 @@ class MeritConfig(PretrainedConfig):
             (Sparse MERIT). ``"dense"``: softmax mixture over all experts (dense MERIT).
             ``"shared"``: the naive multi-task baseline, one shared layer integration and one
             shared feed-forward projection, no gates.
+        integration (`str`, *optional*, defaults to `"weighted_sum"`):
+            How each task combines the backbone layers: ``"weighted_sum"``, a learned softmax
+            weight per layer, then a LayerNorm and a projection to ``hidden_size``.
+        ser_head_type (`str`, *optional*, defaults to `"attentive_statistics"`):
+            Emotion head: attentive statistics pooling, then an MLP classifier (and the
+            dimensional regressor when ``dimension_names`` is set).
+        se_head_type (`str`, *optional*, defaults to `"mask_mlp"`):
+            Enhancement head: a frame-wise MLP predicting a bounded magnitude mask on the noisy
+            STFT, trained on compressed magnitudes.
         hidden_size (`int`, *optional*, defaults to 256):
             Width of the integrated representation the experts work on.
         num_experts (`int`, *optional*, defaults to 8):
@@ -132,12 +168,15 @@ class MeritConfig(PretrainedConfig):
             Attention heads of the adapter.
         adapter_ffn_size (`int`, *optional*, defaults to 512):
             Feed-forward width of the adapter layers.
-        normalize_input (`bool`, *optional*, defaults to `True`):
+        normalize_input (`bool`, *optional*):
             Zero-mean, unit-variance normalise each utterance (valid samples only) before the
-            backbone. The enhancement head always works on the raw input, so its output keeps
-            the input's scale.
+            backbone, as WavLM / wav2vec 2.0 / HuBERT were trained. Defaults to `True` for
+            those and `False` for Whisper, whose log-mel front end expects audio at its natural
+            level. The enhancement head always works on the raw input, so its output keeps the
+            input's scale.
         freeze_feature_encoder (`bool`, *optional*, defaults to `True`):
-            Freeze the convolutional feature encoder of the backbone.
+            Freeze the convolutional feature encoder of the backbone (Whisper: its two
+            convolutions).
         freeze_backbone (`bool`, *optional*, defaults to `False`):
             Freeze the whole backbone (only MERIT layers and heads train).
         sampling_rate (`int`, *optional*, defaults to 16000):
@@ -152,6 +191,9 @@ class MeritConfig(PretrainedConfig):
         backbone_config: dict | PretrainedConfig | None = None,
         tasks: list[str] | tuple[str, ...] = TASKS,
         routing: str = "sparse",
+        integration: str = "weighted_sum",
+        ser_head_type: str = "attentive_statistics",
+        se_head_type: str = "mask_mlp",
         hidden_size: int = 256,
         num_experts: int = 8,
         router_top_k: int = 2,
@@ -174,7 +216,7 @@ class MeritConfig(PretrainedConfig):
         adapter_layers: int = 0,
         adapter_heads: int = 4,
         adapter_ffn_size: int = 512,
-        normalize_input: bool = True,
+        normalize_input: bool | None = None,
         freeze_feature_encoder: bool = True,
         freeze_backbone: bool = False,
         sampling_rate: int = 16000,
@@ -187,7 +229,7 @@ class MeritConfig(PretrainedConfig):
             model_type = backbone_config.pop("model_type", None)
             if model_type is None:
                 raise ValueError(
-                    "backbone_config needs a 'model_type' (wavlm, wav2vec2 or hubert)."
+                    f"backbone_config needs a 'model_type' ({', '.join(SUPPORTED_BACKBONES)})."
                 )
             backbone_config = CONFIG_MAPPING[model_type](**backbone_config)
         if backbone_config.model_type not in SUPPORTED_BACKBONES:
@@ -199,8 +241,16 @@ class MeritConfig(PretrainedConfig):
         unknown = [t for t in tasks if t not in TASKS]
         if not tasks or unknown:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}.")
-        if routing not in ROUTING_MODES:
-            raise ValueError(f"routing must be one of {ROUTING_MODES}, got '{routing}'.")
+        for name, value, choices in (
+            ("routing", routing, ROUTING_MODES),
+            ("integration", integration, INTEGRATIONS),
+            ("ser_head_type", ser_head_type, SER_HEADS),
+            ("se_head_type", se_head_type, SE_HEADS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got '{value}'.")
+        if normalize_input is None:
+            normalize_input = backbone_config.model_type != "whisper"
         if not 1 <= router_top_k <= num_experts:
             raise ValueError(
                 f"router_top_k must be in [1, num_experts={num_experts}], got {router_top_k}."
@@ -217,6 +267,9 @@ class MeritConfig(PretrainedConfig):
         self.backbone_config = backbone_config
         self.tasks = tasks
         self.routing = routing
+        self.integration = integration
+        self.ser_head_type = ser_head_type
+        self.se_head_type = se_head_type
         self.hidden_size = hidden_size
         self.num_experts = num_experts
         self.router_top_k = router_top_k
@@ -249,10 +302,87 @@ class MeritConfig(PretrainedConfig):
                 f"class_weights has {len(self.class_weights)} entries for {self.num_labels} labels."
             )
 
+    # -- the public vocabulary other code uses instead of re-deriving it ----------------------
+
     @property
     def num_backbone_layers(self) -> int:
-        """Hidden states the backbone returns: the CNN projection plus every transformer layer."""
+        """Hidden states the backbone returns: the embeddings plus every transformer layer."""
         return self.backbone_config.num_hidden_layers + 1
 
+    @property
+    def backbone_hidden_size(self) -> int:
+        return self.backbone_config.hidden_size
 
-__all__ = ["MeritConfig", "tiny_backbone_config", "tiny_merit_config"]
+    @property
+    def routed_tasks(self) -> list[str]:
+        """Tasks with their own gate (none for the ungated ``"shared"`` baseline)."""
+        return [] if self.routing == "shared" else list(self.tasks)
+
+    @property
+    def integration_groups(self) -> list[str]:
+        """Names of the layer-integration weightings: one per routed task, else one shared."""
+        return self.routed_tasks or ["shared"]
+
+    @property
+    def has_emotion_head(self) -> bool:
+        """Categorical emotion classifier present (``logits`` in the output)."""
+        return "ser" in self.tasks and bool(self.categorical_head)
+
+    @property
+    def has_dimension_head(self) -> bool:
+        """Dimensional regressor present (``dimensions`` in the output)."""
+        return "ser" in self.tasks and bool(self.dimension_names)
+
+    @property
+    def has_enhancement_head(self) -> bool:
+        """Enhancement head present (``enhanced_waveform`` in the output)."""
+        return "se" in self.tasks
+
+    @property
+    def heads(self) -> list[str]:
+        """The model's outputs by name, in their fixed order: ``logits``, ``dimensions``,
+        ``enhanced_waveform`` (what inference, evaluation, export and the demo show)."""
+        present = (
+            ("logits", self.has_emotion_head),
+            ("dimensions", self.has_dimension_head),
+            ("enhanced_waveform", self.has_enhancement_head),
+        )
+        return [name for name, there in present if there]
+
+    @property
+    def label_names(self) -> list[str]:
+        """Emotion classes in id order (empty without a categorical head)."""
+        if not self.has_emotion_head:
+            return []
+        return [self.id2label[i] for i in range(self.num_labels)]
+
+    @property
+    def predicted_dimensions(self) -> list[str]:
+        """Names of the dimensional outputs, in column order (empty without that head)."""
+        return list(self.dimension_names) if self.has_dimension_head else []
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples one backbone frame sees."""
+        return backbone_frame_geometry(self.backbone_config)[0]
+
+    @property
+    def min_input_samples(self) -> int:
+        """The shortest input the model accepts: one frame's receptive field for conv encoders,
+        one 25 ms mel window for Whisper (its convolutions zero-pad)."""
+        if self.backbone_config.model_type == "whisper":
+            return 400
+        return self.receptive_field
+
+    @property
+    def frame_hop(self) -> int:
+        """Samples between backbone frames (320 = 20 ms at 16 kHz for every supported family)."""
+        return backbone_frame_geometry(self.backbone_config)[1]
+
+
+__all__ = [
+    "MeritConfig",
+    "backbone_frame_geometry",
+    "minimal_backbone_config",
+    "minimal_merit_config",
+]

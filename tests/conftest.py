@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from modeling_merit import MeritConfig, MeritModel, tiny_merit_config  # noqa: E402
+from modeling_merit import MeritConfig, MeritModel, minimal_merit_config  # noqa: E402
 
 # Tiny models gain nothing from a second thread, and two OpenMP threads slow down many times
 # over when the two cores are busy with other work (measured: 160 s instead of 15 s).
@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 
 def make_config(**overrides) -> MeritConfig:
     """The tiny MERIT config, deterministic in training (no expert dropout)."""
-    return tiny_merit_config(**{"expert_dropout": 0.0, **overrides})
+    return minimal_merit_config(**{"expert_dropout": 0.0, **overrides})
 
 
 def make_model(seed: int = 0, **overrides) -> MeritModel:

@@ -151,7 +151,7 @@ def test_cluster_targets_shape_and_refresh_schedule():
     # Cluster targets: one id in [0, k) per teacher frame.
     with torch.no_grad():
         states, frame_mask = backbone_hidden_states(model.backbone, x, mask)
-        frames = model._integrate(states, 0, frame_mask, None)[frame_mask]
+        frames = model.integrate(states, "ser", frame_mask)[frame_mask]
     ids = assign_clusters(frames, pretrainer.centroids)
     assert ids.shape == (int(frame_mask.sum()),)
     assert ids.min() >= 0 and ids.max() < 8

@@ -729,7 +729,13 @@ def test_collator_pads_masks_and_stacks_labels():
         },
     ]
     batch = DataCollatorForMerit()(features)
-    assert set(batch) == {"input_values", "clean_values", "attention_mask", "labels", "dimensions"}
+    assert set(batch) == {
+        "input_values",
+        "clean_values",
+        "attention_mask",
+        "labels",
+        "dimension_labels",
+    }
     torch.testing.assert_close(
         batch["input_values"], torch.tensor([[0.1, 0.2, 0.3, 0, 0], [1, 2, 3, 4, 5.0]])
     )
@@ -739,7 +745,10 @@ def test_collator_pads_masks_and_stacks_labels():
     assert batch["attention_mask"].dtype == torch.long
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [1, 0]
-    assert batch["dimensions"].shape == (2, 3) and batch["dimensions"].dtype == torch.float32
+    assert (
+        batch["dimension_labels"].shape == (2, 3)
+        and batch["dimension_labels"].dtype == torch.float32
+    )
 
     short = DataCollatorForMerit(max_length_seconds=4 / SR)(features)
     assert short["input_values"].shape == (2, 4) and short["attention_mask"][0].sum() == 3

@@ -369,6 +369,10 @@ def test_publish_uploads_model_and_space(model_dir, fake_hub, tmp_path, monkeypa
         "preprocessor_config.json",
         "configuration_merit.py",
         "modeling_merit.py",
+        "backbones_merit.py",
+        "integration_merit.py",
+        "mixture_merit.py",
+        "heads_merit.py",
         "feature_extraction_merit.py",
     }  # no checkpoint-*/ or training_args.bin
     assert model_files["model.safetensors"] == (model_dir / "model.safetensors").read_bytes()

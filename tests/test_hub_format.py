@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from merit.peft_utils import apply_lora, trainable_parameter_names
-from modeling_merit import MeritFeatureExtractor, MeritModel, tiny_backbone_config
+from modeling_merit import MeritFeatureExtractor, MeritModel, minimal_backbone_config
 
 CODE_FILES = {"configuration_merit.py", "modeling_merit.py", "feature_extraction_merit.py"}
 
@@ -121,7 +121,7 @@ def test_audio_classification_pipeline(saved_model):
 @pytest.mark.parametrize("checkpoint_kind", ["wavlm", "wavlm-with-head", "wav2vec2", "hubert"])
 def test_from_backbone_loads_local_checkpoint_weights(tmp_path, checkpoint_kind):
     torch.manual_seed(1)
-    small = tiny_backbone_config("wavlm").to_dict()
+    small = minimal_backbone_config("wavlm").to_dict()
     small.pop("model_type")
     if checkpoint_kind == "wavlm":
         backbone = WavLMModel(WavLMConfig(**small))
@@ -130,11 +130,11 @@ def test_from_backbone_loads_local_checkpoint_weights(tmp_path, checkpoint_kind)
     elif checkpoint_kind == "wav2vec2":
         from transformers import Wav2Vec2Model
 
-        backbone = Wav2Vec2Model(tiny_backbone_config("wav2vec2"))
+        backbone = Wav2Vec2Model(minimal_backbone_config("wav2vec2"))
     else:
         from transformers import HubertConfig
 
-        cfg = tiny_backbone_config("hubert").to_dict()
+        cfg = minimal_backbone_config("hubert").to_dict()
         cfg.pop("model_type")
         backbone = HubertModel(HubertConfig(**cfg))
     backbone.save_pretrained(tmp_path)
@@ -151,6 +151,29 @@ def test_from_backbone_loads_local_checkpoint_weights(tmp_path, checkpoint_kind)
     assert out.logits.shape == (1, 4)
 
 
+def test_lora_keeps_every_merit_module_trainable_including_the_adapter():
+    """modules_to_save comes from the model (a hand-kept list once missed the adapter, which
+    apply_lora then froze)."""
+    model = make_model(adapter_layers=1, adapter_ffn_size=32)
+    assert model.merit_module_names() == [
+        "integration",
+        "adapter",
+        "mixture",
+        "ser_head",
+        "se_head",
+    ]
+    peft_model = apply_lora(model, r=4, alpha=8)
+    names = trainable_parameter_names(peft_model)
+    adapter = [n for n in names if ".adapter." in n]
+    assert adapter and all("modules_to_save" in n for n in adapter)
+    x = torch.randn(2, 6000, generator=torch.Generator().manual_seed(0)) * 0.1
+    peft_model(input_values=x, labels=torch.tensor([1, 2]), clean_values=x * 0.5).loss.backward()
+    # Every adapter weight but the mask embedding (used only in pre-training) learns.
+    grads = {n: p.grad for n, p in peft_model.named_parameters() if n in set(adapter)}
+    layers = {n: g for n, g in grads.items() if "mask_embedding" not in n}
+    assert layers and all(g is not None and g.abs().sum() > 0 for g in layers.values())
+
+
 def test_lora_trains_only_lora_and_merit_and_changes_backbone(tmp_path):
     model = make_model()
     peft_model = apply_lora(model, r=4, alpha=8)
@@ -158,7 +181,7 @@ def test_lora_trains_only_lora_and_merit_and_changes_backbone(tmp_path):
     assert any("lora_A" in n for n in names)
     backbone_trainable = [n for n in names if ".backbone." in n and "lora_" not in n]
     assert backbone_trainable == [], backbone_trainable
-    for module in ("expert_pool", "gates", "integration", "ser_head", "se_head"):
+    for module in ("experts", "gates", "integration", "ser_head", "se_head"):
         assert any(module in n for n in names), module
 
     gen = torch.Generator().manual_seed(0)

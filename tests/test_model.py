@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import make_batch, make_config, make_model
 
-from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, tiny_backbone_config
+from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, minimal_backbone_config
+from modeling_merit.mixture_merit import MeritMixtureOfExperts
 from modeling_merit.modeling_merit import (
-    MeritExpertPool,
     concordance_correlation_loss,
     load_balancing_loss,
     router_z_loss,
@@ -50,7 +50,7 @@ def test_sparse_gradients_reach_only_chosen_experts():
     out.loss.backward()
     chosen = set(out.routing_indices["ser"][out.frame_mask.bool()].flatten().tolist())
     assert 0 < len(chosen) < 16, "test needs some experts left out"
-    for index, expert in enumerate(model.expert_pool.experts):
+    for index, expert in enumerate(model.mixture.experts):
         grad = expert.fc_in.weight.grad
         has_grad = grad is not None and grad.abs().sum() > 0
         assert has_grad == (index in chosen), index
@@ -89,12 +89,12 @@ def test_router_z_loss_matches_formula():
 def test_dense_pool_is_weighted_sum_of_all_experts():
     config = make_config(routing="dense")
     torch.manual_seed(0)
-    pool = MeritExpertPool(config).eval()
+    pool = MeritMixtureOfExperts(config).eval()
     tokens = torch.randn(10, config.hidden_size)
     probs = torch.randn(10, config.num_experts).softmax(-1)
     indices = torch.arange(config.num_experts).expand(10, -1)
     expected = sum(probs[:, e : e + 1] * pool.experts[e](tokens) for e in range(4))
-    torch.testing.assert_close(pool(tokens, indices, probs), expected)
+    torch.testing.assert_close(pool.combine(tokens, indices, probs), expected)
 
 
 def test_dispatch_equals_static_all_expert_compute():
@@ -112,7 +112,7 @@ def test_dispatch_equals_static_all_expert_compute():
 @pytest.mark.parametrize("backbone", ["wavlm", "wav2vec2", "hubert"])
 def test_padded_batch_equals_one_by_one(backbone, norm):
     config = make_config(
-        backbone_config=tiny_backbone_config(
+        backbone_config=minimal_backbone_config(
             backbone, feat_extract_norm=norm, do_stable_layer_norm=norm == "layer"
         )
     )
@@ -167,7 +167,7 @@ def test_dimensional_head_and_ccc_loss():
     model = make_model(dimension_names=["arousal", "valence", "dominance"]).train()
     x, mask = make_batch()
     dims = torch.tensor([[0.2, 0.5, 0.1], [0.9, -0.3, 0.4]])
-    out = model(x, attention_mask=mask, dimensions=dims, labels=torch.tensor([0, 1]))
+    out = model(x, attention_mask=mask, dimension_labels=dims, labels=torch.tensor([0, 1]))
     assert out.dimensions.shape == (2, 3) and torch.isfinite(out.dimension_loss)
     out.loss.backward()
     # CCC loss is 0 for a perfect prediction and 1 - ccc by the formula otherwise.
@@ -181,7 +181,7 @@ def test_dimensional_head_and_ccc_loss():
 def test_freeze_backbone_option():
     model = make_model(freeze_backbone=True)
     assert not any(p.requires_grad for p in model.backbone.parameters())
-    assert all(p.requires_grad for p in model.expert_pool.parameters())
+    assert all(p.requires_grad for p in model.mixture.parameters())
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -240,15 +240,15 @@ def test_feature_extractor_pads_and_rejects_bad_input():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="routing"):
-        MeritConfig(backbone_config=tiny_backbone_config(), routing="magic")
+        MeritConfig(backbone_config=minimal_backbone_config(), routing="magic")
     with pytest.raises(ValueError, match="tasks"):
-        MeritConfig(backbone_config=tiny_backbone_config(), tasks=["asr"])
+        MeritConfig(backbone_config=minimal_backbone_config(), tasks=["asr"])
     with pytest.raises(ValueError, match="router_top_k"):
-        MeritConfig(backbone_config=tiny_backbone_config(), num_experts=2, router_top_k=3)
+        MeritConfig(backbone_config=minimal_backbone_config(), num_experts=2, router_top_k=3)
     with pytest.raises(ValueError, match="Unsupported backbone"):
         MeritConfig(backbone_config={"model_type": "bert"})
     with pytest.raises(ValueError, match="class_weights"):
-        MeritConfig(backbone_config=tiny_backbone_config(), class_weights=[1.0])
+        MeritConfig(backbone_config=minimal_backbone_config(), class_weights=[1.0])
 
 
 def test_wap_adapter_option_padding_invariant_and_maskable():
@@ -279,7 +279,7 @@ def test_wap_adapter_option_padding_invariant_and_maskable():
 def test_backbone_layerdrop_is_disabled_so_every_layer_is_weighted():
     """Pretrained configs ship LayerDrop (wavlm-base-plus: 0.05); a dropped layer would leave
     the layer weighting one hidden state short in training."""
-    model = make_model(backbone_config=tiny_backbone_config(layerdrop=0.9)).train()
+    model = make_model(backbone_config=minimal_backbone_config(layerdrop=0.9)).train()
     assert model.config.backbone_config.layerdrop == 0.0
     x, mask = make_batch()
     for _ in range(3):

@@ -49,17 +49,17 @@ def test_exportable_gives_the_same_numbers_and_restores_the_model():
         reference = model(x)
         with exportable(model):
             assert isinstance(model.se_head, DFTEnhancementHead)
-            assert not model.expert_pool.dispatch
+            assert not model.mixture.dispatch
             swapped = model(x)
     torch.testing.assert_close(swapped.logits, reference.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(
         swapped.enhanced_waveform, reference.enhanced_waveform, atol=1e-5, rtol=0
     )
-    assert model.se_head is head and model.expert_pool.dispatch
+    assert model.se_head is head and model.mixture.dispatch
     model.train()
     with pytest.raises(RuntimeError, match="boom"), exportable(model):
         raise RuntimeError("boom")
-    assert model.se_head is head and model.expert_pool.dispatch and model.training
+    assert model.se_head is head and model.mixture.dispatch and model.training
 
 
 def test_onnxruntime_matches_pytorch_for_other_batch_sizes_and_lengths(tmp_path):

@@ -74,7 +74,7 @@ def test_variants_build_the_matching_configs():
         assert (model.config.routing, model.config.tasks) == (routing, tasks)
         assert (model.ser_head is not None) == ("ser" in tasks)
         assert (model.se_head is not None) == ("se" in tasks)
-        assert hasattr(model, "gates") == (routing != "shared")
+        assert hasattr(model.mixture, "gates") == (routing != "shared")
         assert model.config.id2label == LABELS
         # "tiny" defaults: MERIT widths 128/256 and a trainable conv encoder.
         assert (model.config.hidden_size, model.config.expert_hidden_size) == (128, 256)

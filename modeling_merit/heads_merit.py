@@ -1,0 +1,244 @@
+"""Task heads: emotion (pooling + classifier / regressor) and enhancement (spectral mask).
+
+Loaded by ``trust_remote_code``: imports only torch and sibling files.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_merit import MeritConfig
+
+__all__ = [
+    "SER_HEADS",
+    "SE_HEADS",
+    "AttentiveStatisticsPooling",
+    "MeritSEHead",
+    "MeritSERHead",
+    "build_heads",
+]
+
+
+class AttentiveStatisticsPooling(nn.Module):
+    """Attentive statistics pooling (Okabe et al., 2018) over valid frames only.
+
+    Emotion is carried unevenly in time; attention weights pick the frames that matter, and the
+    weighted standard deviation keeps how much the representation varies, a cue for arousal.
+    """
+
+    def __init__(self, hidden_size: int, attention_size: int = 128):
+        super().__init__()
+        self.attention = nn.Sequential(
+            nn.Linear(hidden_size, attention_size), nn.Tanh(), nn.Linear(attention_size, 1)
+        )
+
+    def forward(self, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        scores = self.attention(hidden).squeeze(-1)
+        scores = scores.masked_fill(~frame_mask, float("-inf"))
+        alpha = scores.softmax(-1).unsqueeze(-1)
+        mean = (alpha * hidden).sum(1)
+        var = (alpha * hidden.pow(2)).sum(1) - mean.pow(2)
+        return torch.cat([mean, var.clamp_min(1e-6).sqrt()], dim=-1)
+
+
+class MeritSERHead(nn.Module):
+    """Emotion head: attentive statistics pooling, categorical classifier, optional dimensions."""
+
+    def __init__(self, config: MeritConfig):
+        super().__init__()
+        size = config.hidden_size
+        self.pooling = AttentiveStatisticsPooling(size)
+        self.classifier = (
+            nn.Sequential(
+                nn.Linear(2 * size, size),
+                nn.ReLU(),
+                nn.Dropout(config.expert_dropout),
+                nn.Linear(size, config.num_labels),
+            )
+            if config.has_emotion_head
+            else None
+        )
+        self.regressor = (
+            nn.Sequential(
+                nn.Linear(2 * size, size),
+                nn.ReLU(),
+                nn.Linear(size, len(config.dimension_names)),
+            )
+            if config.has_dimension_head
+            else None
+        )
+
+    def forward(
+        self, hidden: torch.Tensor, frame_mask: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Emotion logits and dimensional predictions (``None`` for a head the model lacks)."""
+        pooled = self.pooling(hidden, frame_mask)
+        logits = self.classifier(pooled) if self.classifier is not None else None
+        dims = self.regressor(pooled) if self.regressor is not None else None
+        return logits, dims
+
+
+class MeritSEHead(nn.Module):
+    """Enhancement head: a bounded magnitude mask on the noisy STFT, noisy phase kept.
+
+    Backbone frames (20 ms hop) are interpolated onto STFT frames by absolute time, the mask
+    network also sees the noisy log-magnitude (fine spectral detail the SSL features smooth
+    out), and the waveform comes back by overlap-add with each utterance's own frames only, so a
+    padded batch gives the same audio as one-by-one processing.
+    """
+
+    def __init__(self, config: MeritConfig, frame_offset: float, frame_hop: int):
+        super().__init__()
+        self.n_fft = config.n_fft
+        self.hop_length = config.hop_length
+        self.win_length = config.win_length
+        self.compression = config.mag_compression
+        bins = config.n_fft // 2 + 1
+        self.mask_net = nn.Sequential(
+            nn.Linear(config.hidden_size + bins, config.hidden_size),
+            nn.GELU(),
+            nn.Linear(config.hidden_size, config.hidden_size),
+            nn.GELU(),
+        )
+        self.mask_out = nn.Linear(config.hidden_size, bins)
+        self.frame_offset = frame_offset
+        self.frame_hop = frame_hop
+
+    def reset_to_pass_through(self) -> None:
+        """An untrained model should not mute its input: the mask starts near 1 (sigmoid 3)."""
+        nn.init.zeros_(self.mask_out.weight)
+        nn.init.constant_(self.mask_out.bias, 3.0)
+
+    def window(self, reference: torch.Tensor) -> torch.Tensor:
+        """Hann window built on demand: a non-persistent buffer would come back uninitialised
+        from ``from_pretrained`` (weights are materialised from the checkpoint only)."""
+        return torch.hann_window(self.win_length, device=reference.device, dtype=reference.dtype)
+
+    def stft(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Zero-padded (not reflected) centred STFT, so padding a batch changes no valid frame."""
+        return torch.stft(
+            waveform,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_length,
+            window=self.window(waveform),
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )  # B, F, T
+
+    def valid_stft_frames(self, sample_lengths: torch.Tensor, frames: int) -> torch.Tensor:
+        """``(B, T)`` bool: the STFT frames whose centre lies inside each utterance."""
+        return (
+            torch.arange(frames, device=sample_lengths.device)[None, :]
+            <= (sample_lengths // self.hop_length)[:, None]
+        )
+
+    def istft(self, spec: torch.Tensor, lengths: torch.Tensor, total: int) -> torch.Tensor:
+        """Inverse STFT by overlap-add over each utterance's own frames.
+
+        ``torch.istft`` normalises by the window envelope of *all* frames of the padded batch,
+        which changes the last samples of shorter utterances; here frames past an utterance's
+        end are dropped from both the signal and the envelope.
+        """
+        batch, _, frames = spec.shape
+        pad = self.n_fft // 2
+        left = (self.n_fft - self.win_length) // 2
+        window = F.pad(self.window(spec.real), (left, self.n_fft - self.win_length - left))
+        valid = self.valid_stft_frames(lengths, frames).to(window.dtype)  # B, T
+        chunks = torch.fft.irfft(spec.transpose(1, 2), n=self.n_fft, dim=-1)  # B, T, n_fft
+        chunks = chunks * window * valid[..., None]
+        envelope = (window.pow(2)[None, None, :] * valid[..., None]).expand_as(chunks)
+        out_len = (frames - 1) * self.hop_length + self.n_fft
+
+        def overlap_add(x: torch.Tensor) -> torch.Tensor:
+            return F.fold(
+                x.transpose(1, 2),
+                output_size=(1, out_len),
+                kernel_size=(1, self.n_fft),
+                stride=(1, self.hop_length),
+            ).reshape(batch, out_len)
+
+        signal = overlap_add(chunks)
+        norm = overlap_add(envelope)
+        signal = torch.where(norm > 1e-10, signal / norm.clamp_min(1e-10), torch.zeros_like(signal))
+        signal = signal[:, pad : pad + total]
+        if signal.shape[1] < total:
+            signal = F.pad(signal, (0, total - signal.shape[1]))
+        return signal
+
+    def frames_to_stft(
+        self, hidden: torch.Tensor, frame_lengths: torch.Tensor, num_stft_frames: int
+    ) -> torch.Tensor:
+        """Linear interpolation of backbone frames onto STFT frame centres (absolute time)."""
+        centres = torch.arange(num_stft_frames, device=hidden.device, dtype=hidden.dtype)
+        position = (centres * self.hop_length - self.frame_offset) / self.frame_hop
+        position = position.clamp_min(0)[None, :].expand(hidden.shape[0], -1)
+        last = (frame_lengths - 1).clamp_min(0).to(hidden.dtype)[:, None]
+        position = torch.minimum(position, last)
+        lower = position.floor().long()
+        upper = torch.minimum(lower + 1, last.long())
+        frac = (position - lower.to(hidden.dtype))[..., None]
+        size = hidden.shape[-1]
+        take_lower = torch.gather(hidden, 1, lower[..., None].expand(-1, -1, size))
+        take_upper = torch.gather(hidden, 1, upper[..., None].expand(-1, -1, size))
+        return take_lower * (1 - frac) + take_upper * frac
+
+    def predict_mask(
+        self, hidden: torch.Tensor, frame_lengths: torch.Tensor, magnitude: torch.Tensor
+    ) -> torch.Tensor:
+        """The ``(B, F, T)`` mask for a scale-normalised noisy magnitude ``(B, F, T)``; shared
+        by this head and transform-swapping exporters (``merit.onnx_export``)."""
+        features = torch.log(magnitude + 1e-5).transpose(1, 2)  # B, T, F
+        context = self.frames_to_stft(hidden, frame_lengths, magnitude.shape[-1])
+        mask = torch.sigmoid(self.mask_out(self.mask_net(torch.cat([context, features], -1))))
+        return mask.transpose(1, 2)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        noisy: torch.Tensor,
+        sample_lengths: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the enhanced waveform and the enhanced magnitude (scaled by ``1/scale``)."""
+        spec = self.stft(noisy)
+        magnitude = spec.abs() / scale[:, None, None]
+        mask = self.predict_mask(hidden, frame_lengths, magnitude)
+        enhanced = self.istft(spec * mask, sample_lengths, noisy.shape[-1])
+        return enhanced, magnitude * mask
+
+    def loss(
+        self,
+        enhanced_magnitude: torch.Tensor,
+        clean: torch.Tensor,
+        sample_lengths: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """Compressed-magnitude MSE over each utterance's valid STFT frames."""
+        target = self.stft(clean).abs() / scale[:, None, None]
+        valid = self.valid_stft_frames(sample_lengths, target.shape[-1])
+        power = self.compression
+        error = (enhanced_magnitude.clamp_min(1e-8) ** power - target.clamp_min(1e-8) ** power) ** 2
+        error = error.mean(1)  # over frequency: B, T
+        return (error * valid).sum() / valid.sum().clamp_min(1)
+
+
+SER_HEADS: dict[str, type[nn.Module]] = {"attentive_statistics": MeritSERHead}
+SE_HEADS: dict[str, type[nn.Module]] = {"mask_mlp": MeritSEHead}
+
+
+def build_heads(
+    config: MeritConfig, frame_offset: float, frame_hop: int
+) -> tuple[nn.Module | None, nn.Module | None]:
+    """The emotion and enhancement heads the config asks for (``None`` for an absent task)."""
+    ser = SER_HEADS[config.ser_head_type](config) if "ser" in config.tasks else None
+    se = (
+        SE_HEADS[config.se_head_type](config, frame_offset, frame_hop)
+        if config.has_enhancement_head
+        else None
+    )
+    return ser, se
