@@ -47,7 +47,32 @@ def minimal_backbone_config(model_type: str = "wavlm", **overrides: Any) -> Pret
 
     ``feat_extract_norm="layer"`` keeps padded and unpadded forward passes identical (group norm
     normalises over the padded time axis); ``do_stable_layer_norm`` matches WavLM-large style.
+    ``"whisper"``: a 2-layer, 64-wide Whisper (encoder and a 1-layer decoder, 80 mel bins).
     """
+    if model_type == "whisper":
+        whisper: dict[str, Any] = dict(
+            d_model=64,
+            encoder_layers=2,
+            encoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_layers=1,
+            decoder_attention_heads=4,
+            decoder_ffn_dim=128,
+            num_mel_bins=80,
+            vocab_size=128,
+            max_source_positions=1500,
+            max_target_positions=32,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            encoder_layerdrop=0.0,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        )
+        whisper.update(overrides)
+        return CONFIG_MAPPING["whisper"](**whisper)
     kwargs: dict[str, Any] = dict(
         hidden_size=64,
         num_hidden_layers=4,

@@ -25,13 +25,22 @@ from transformers import (
 from merit.peft_utils import apply_lora, trainable_parameter_names
 from modeling_merit import MeritFeatureExtractor, MeritModel, minimal_backbone_config
 
-CODE_FILES = {"configuration_merit.py", "modeling_merit.py", "feature_extraction_merit.py"}
+CODE_FILES = {
+    "configuration_merit.py",
+    "modeling_merit.py",
+    "backbones_merit.py",
+    "integration_merit.py",
+    "mixture_merit.py",
+    "heads_merit.py",
+    "feature_extraction_merit.py",
+}
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("merit-tiny")
-    model = make_model().eval()
+@pytest.fixture(scope="module", params=["wavlm", "whisper"])
+def saved_model(tmp_path_factory, request):
+    """A saved minimal model per backbone family (every family must load standalone)."""
+    folder = tmp_path_factory.mktemp(f"merit-{request.param}")
+    model = make_model(backbone_config=minimal_backbone_config(request.param)).eval()
     model.save_pretrained(folder)
     MeritFeatureExtractor().save_pretrained(folder)
     return folder, model

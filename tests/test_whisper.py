@@ -1,0 +1,148 @@
+"""Whisper encoders as MERIT backbones: front end, variable length, loading, LoRA, padding."""
+
+import pytest
+import torch
+from conftest import make_batch, make_config
+from transformers import (
+    WhisperFeatureExtractor,
+    WhisperForAudioClassification,
+    WhisperForConditionalGeneration,
+    WhisperModel,
+)
+
+from merit.peft_utils import apply_lora
+from modeling_merit import MeritModel, minimal_backbone_config
+from modeling_merit.backbones_merit import WhisperEncoderBackbone, WhisperLogMel
+
+SR = 16000
+
+
+def whisper_model(seed: int = 0, **overrides) -> MeritModel:
+    torch.manual_seed(seed)
+    return MeritModel(make_config(backbone_config=minimal_backbone_config("whisper"), **overrides))
+
+
+def speech_like(seconds: float, seed: int = 0) -> torch.Tensor:
+    """Harmonic bursts with silences: a log-mel with a real dynamic range (noise is flat)."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * SR)) / SR
+    f0 = 120 + 40 * torch.sin(2 * torch.pi * 0.7 * t)
+    voiced = sum(torch.sin(2 * torch.pi * k * torch.cumsum(f0, 0) / SR) / k for k in range(1, 8))
+    envelope = (torch.sin(2 * torch.pi * 2.5 * t) > -0.2).float()
+    return (0.1 * voiced * envelope + 0.003 * torch.randn(t.shape, generator=gen)).float()
+
+
+def test_log_mel_matches_whisper_feature_extractor():
+    """Same numbers as transformers' extractor (within 1e-4) on every frame but the last two:
+    it pads to 30 s before its STFT, so the frames whose window crosses the end see zeros
+    where ours (and Whisper on an unpadded clip) see the reflected signal."""
+    wave = speech_like(2.7)
+    reference = WhisperFeatureExtractor()(wave.numpy(), sampling_rate=SR, return_tensors="pt")
+    reference = reference.input_features[0]
+    ours = WhisperLogMel(80)(wave[None], torch.tensor([wave.numel()]))[0]
+    frames = wave.numel() // 160
+    assert ours.shape == (80, frames)
+    torch.testing.assert_close(ours[:, :-2], reference[:, : frames - 2], atol=1e-4, rtol=0)
+    assert (ours[:, -2:] - reference[:, frames - 2 : frames]).abs().max() < 0.05
+
+
+def test_log_mel_of_a_padded_batch_equals_one_by_one():
+    waves = [speech_like(1.3, seed=1), speech_like(0.9, seed=2)]
+    batch = torch.zeros(2, waves[0].numel())
+    batch[1, : waves[1].numel()] = waves[1]
+    batch[0] = waves[0]
+    lengths = torch.tensor([w.numel() for w in waves])
+    together = WhisperLogMel(80)(batch, lengths)
+    for row, wave in enumerate(waves):
+        alone = WhisperLogMel(80)(wave[None], lengths[row : row + 1])[0]
+        torch.testing.assert_close(together[row, :, : alone.shape[-1]], alone)
+        assert together[row, :, alone.shape[-1] :].abs().sum().item() == 0.0
+    assert together.shape[-1] > WhisperLogMel(80).num_frames(lengths[1:]).item()  # padded row
+
+
+def test_encoder_on_30_seconds_equals_transformers_encoder():
+    """On exactly 30 s (the only length transformers' forward takes) our variable-length path
+    must compute what transformers' WhisperEncoder computes, layer by layer."""
+    torch.manual_seed(0)
+    family = WhisperEncoderBackbone(minimal_backbone_config("whisper"))
+    encoder = family.build().eval()
+    x = speech_like(30.0)[None]
+    lengths = torch.tensor([x.shape[-1]])
+    with torch.no_grad():
+        reference = encoder(WhisperLogMel(80)(x, lengths), output_hidden_states=True)
+        ours = family.hidden_states(encoder, x, lengths)
+    assert ours.shape[0] == len(reference.hidden_states) == 3
+    for layer, expected in enumerate(reference.hidden_states):
+        torch.testing.assert_close(ours[layer], expected, atol=1e-5, rtol=1e-5)
+    assert family.frame_lengths(lengths).item() == 1500 == ours.shape[2]
+
+
+def test_padded_batch_equals_one_by_one_on_whisper():
+    model = whisper_model().eval()
+    x, mask = make_batch(lengths=(8000, 5123, 6400))
+    with torch.no_grad():
+        together = model(x, attention_mask=mask)
+        for i, n in enumerate(mask.sum(-1).tolist()):
+            alone = model(x[i : i + 1, :n])
+            torch.testing.assert_close(alone.logits, together.logits[i : i + 1], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                alone.enhanced_waveform, together.enhanced_waveform[i : i + 1, :n], atol=1e-5, rtol=1e-4
+            )
+            frames = alone.frame_mask.shape[1]
+            assert int(together.frame_mask[i].sum()) == frames
+            assert torch.equal(
+                alone.routing_indices["ser"][0], together.routing_indices["ser"][i, :frames]
+            )
+
+
+def test_whisper_model_trains_and_refuses_more_than_30_seconds():
+    model = whisper_model().train()
+    x, mask = make_batch()
+    out = model(x, attention_mask=mask, labels=torch.tensor([0, 1]), clean_values=x)
+    out.loss.backward()
+    assert model.backbone.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert not model.backbone.conv1.weight.requires_grad  # feature encoder frozen by default
+    assert model.config.normalize_input is False  # Whisper takes audio at its own level
+    assert out.frame_mask.shape[1] == 8000 // 320
+    with pytest.raises(ValueError, match="at most 30 s"):
+        model.eval()(torch.zeros(1, 30 * SR + 320))
+
+
+@pytest.mark.parametrize(
+    "cls", [WhisperModel, WhisperForConditionalGeneration, WhisperForAudioClassification]
+)
+def test_from_backbone_loads_the_encoder_of_local_whisper_checkpoints(tmp_path, cls):
+    torch.manual_seed(1)
+    source = cls(minimal_backbone_config("whisper"))
+    source.save_pretrained(tmp_path)
+    model = MeritModel.from_backbone(str(tmp_path), num_experts=4, hidden_size=32)
+    encoder = source.get_encoder() if hasattr(source, "get_encoder") else source.encoder
+    expected = encoder.state_dict()
+    got = model.backbone.state_dict()
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
+    assert model.config.backbone_config.model_type == "whisper"
+    assert model.config.backbone_config._name_or_path == str(tmp_path)
+
+
+def test_lora_on_whisper_attention_trains_and_merges_exactly():
+    model = whisper_model()
+    peft_model = apply_lora(model, r=4, alpha=8)
+    lora = [n for n, p in peft_model.named_parameters() if "lora_" in n and p.requires_grad]
+    assert lora and all(".self_attn." in n for n in lora)
+    x = speech_like(0.8)[None].repeat(2, 1)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        out = peft_model(input_values=x, labels=torch.tensor([1, 2]), clean_values=x * 0.5)
+        out.loss.backward()
+        grads = [p.grad for n, p in peft_model.named_parameters() if "lora_B" in n]
+        optimizer.step()
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    peft_model.eval()
+    with torch.no_grad():
+        unmerged = peft_model(input_values=x).logits
+        merged_model = peft_model.merge_and_unload()
+        merged = merged_model(input_values=x).logits
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-4)
