@@ -50,7 +50,6 @@ from merit.data import build_eval_sets, load_speech_dataset  # noqa: E402
 from merit.distillation import (  # noqa: E402
     DistillationArguments,
     distill,
-    load_backbone,
     make_student,
 )
 from merit.evaluation import (  # noqa: E402
@@ -58,10 +57,13 @@ from merit.evaluation import (  # noqa: E402
     ModelSystem,
     evaluate_systems,
     format_markdown,
+)
+from merit.preparation import (  # noqa: E402
+    DataArguments,  # noqa: E402
     load_noise_banks,
     resolve_data_sources,
 )
-from merit.training import DataArguments  # noqa: E402
+from merit.runs import load_backbone  # noqa: E402
 from merit.training import main as train_py  # noqa: E402
 from modeling_merit import MeritModel  # noqa: E402
 

@@ -64,12 +64,12 @@ from merit.evaluation import (  # noqa: E402
     ModelSystem,
     System,
     UnprocessedInput,
-    build_test_sets,
     column_title,
     evaluate_systems,
     parse_condition,
     table_columns,
 )
+from merit.preparation import build_test_sets  # noqa: E402
 
 #: Trained per seed; the cascade reuses ``se-only`` and ``ser-only``.
 TRAINED = ("sparse", "dense", "naive-mtl", "ser-only", "se-only")

@@ -46,8 +46,8 @@ from datasets import Dataset
 from torch import nn
 from transformers import TrainerCallback, TrainingArguments
 
-from merit.distillation import (
-    TINY_TEACHER,
+from merit.runs import (
+    TINY_BACKBONE,
     load_backbone,
     load_noisy_training_data,
     merit_on_backbone,
@@ -57,7 +57,7 @@ from merit.distillation import (
 from modeling_merit import MeritFeatureExtractor, MeritModel
 
 if TYPE_CHECKING:  # imported where used: merit.training may import this module to dispatch
-    from merit.training import DataArguments
+    from merit.preparation import DataArguments
 
 __all__ = [
     "AdapterArguments",
@@ -403,7 +403,7 @@ class AdapterArguments:
     """Adapter-with-local-attributes settings (``python train.py --method adapter``)."""
 
     backbone: str = field(
-        default=TINY_TEACHER,
+        default=TINY_BACKBONE,
         metadata={"help": "Frozen encoder: 'tiny' (random, offline), a Hub id or a folder."},
     )
     backbone_model_type: str = field(default="wavlm", metadata={"help": "Type of 'tiny'."})
@@ -567,10 +567,10 @@ def main(argv: list[str] | None = None) -> Path:
     folder (loadable with ``AutoModel.from_pretrained(folder, trust_remote_code=True)``).
 
     Flags: :class:`AdapterArguments`, the data flags of ``train.py``
-    (``merit.training.DataArguments``) and ``TrainingArguments`` (``--max_steps`` and
+    (``merit.preparation.DataArguments``) and ``TrainingArguments`` (``--max_steps`` and
     ``--learning_rate`` are the fine-tuning stage's).
     """
-    from merit.training import DataArguments
+    from merit.preparation import DataArguments
 
     args, data_args, training_args = parse_arguments(
         (AdapterArguments, DataArguments, TrainingArguments),

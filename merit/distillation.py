@@ -11,9 +11,8 @@ backbone checkpoint that :meth:`MeritModel.from_backbone` builds SER or MERIT mo
 The loss per target layer is DistilHuBERT's ``L1 - lambda * log sigmoid(cos)`` over valid frames
 (padding excluded), summed over layers.
 
-This module also holds the pieces both companion methods share (:mod:`merit.adapter_training`
-uses them): running a backbone exactly as :class:`MeritModel` does, noisy training data, and a
-``Trainer`` runner with checkpoint/resume.
+What both companion methods share (backbone loading, noisy training data, the ``Trainer``
+runner with checkpoint/resume, argument parsing) lives in :mod:`merit.runs`.
 
 Command line (wired as ``python train.py --method mlkd``)::
 
@@ -27,67 +26,50 @@ import copy
 import json
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoFeatureExtractor,
-    AutoModel,
-    HfArgumentParser,
     PreTrainedModel,
     SequenceFeatureExtractor,
-    Trainer,
-    TrainerCallback,
     TrainingArguments,
     Wav2Vec2FeatureExtractor,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
-from merit.data import DataCollatorForMerit, NoisyMixer
-from modeling_merit import MeritModel, minimal_backbone_config
+from merit.runs import (
+    TINY_BACKBONE,
+    load_backbone,
+    load_noisy_training_data,
+    parse_arguments,
+    train_module,
+)
 from modeling_merit.configuration_merit import SUPPORTED_BACKBONES, backbone_frame_geometry
 from modeling_merit.modeling_merit import backbone_hidden_states, normalize_waveforms
 
 if TYPE_CHECKING:  # imported where used: merit.training may import this module to dispatch
-    from merit.training import DataArguments
+    from merit.preparation import DataArguments
 
 __all__ = [
-    "TINY_TEACHER",
     "DistillationArguments",
     "MultiLevelDistiller",
     "backbone_hidden_states",
     "default_teacher_layers",
     "distill",
-    "load_noisy_training_data",
-    "load_backbone",
     "main",
     "make_student",
-    "merit_on_backbone",
     "multi_level_loss",
     "normalize_waveforms",
-    "parse_arguments",
     "parse_layers",
-    "resolve_checkpoint",
     "teacher_feature_extractor",
-    "train_module",
 ]
 
-#: ``--teacher`` value for the small random backbone that tests and offline demos use.
-TINY_TEACHER = "tiny"
 _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.")
-
-
-# --------------------------------------------------------------------------------------------
-# Shared: running a backbone the way MeritModel does
-# --------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,55 +77,10 @@ _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.")
 # --------------------------------------------------------------------------------------------
 
 
-def load_backbone(
-    name_or_path: str = TINY_TEACHER, *, model_type: str = "wavlm", seed: int = 0
-) -> PreTrainedModel:
-    """A frozen backbone in eval mode: the MLKD teacher, or the encoder of a MERIT model.
-
-    ``"tiny"``: the 4-layer random backbone of :func:`minimal_backbone_config` (seeded, so the
-    same seed gives the same teacher in every run). Otherwise a Hub id or folder holding a
-    WavLM / wav2vec 2.0 / HuBERT checkpoint (bare or with a task head), or a saved MERIT model,
-    whose (possibly fine-tuned) backbone is taken.
-    """
-    if name_or_path == TINY_TEACHER:
-        if model_type not in SUPPORTED_BACKBONES:
-            raise ValueError(
-                f"Unsupported backbone type '{model_type}'; supported: {SUPPORTED_BACKBONES}."
-            )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            teacher = AutoModel.from_config(minimal_backbone_config(model_type))
-    else:
-        config = AutoConfig.from_pretrained(name_or_path)
-        if config.model_type == "merit":
-            teacher = MeritModel.from_pretrained(name_or_path).backbone
-        elif config.model_type in SUPPORTED_BACKBONES:
-            teacher = AutoModel.from_pretrained(name_or_path)
-        else:
-            raise ValueError(
-                f"{name_or_path} is a '{config.model_type}' checkpoint; the teacher must be a "
-                f"{', '.join(SUPPORTED_BACKBONES)} backbone or a MERIT model."
-            )
-    return teacher.eval().requires_grad_(False)
-
-
-def merit_on_backbone(
-    backbone: PreTrainedModel, name: str | None = None, **config_kwargs: Any
-) -> MeritModel:
-    """A MERIT model (``config_kwargs`` go to :class:`MeritConfig`) on an in-memory backbone's
-    weights, through :meth:`MeritModel.from_backbone` so the weights are checked the same way;
-    ``name`` is recorded as the backbone's origin."""
-    with tempfile.TemporaryDirectory(prefix="merit-backbone-") as folder:
-        backbone.save_pretrained(folder)
-        model = MeritModel.from_backbone(folder, **config_kwargs)
-    model.config.backbone_config._name_or_path = name or backbone.config._name_or_path
-    return model
-
-
 def teacher_feature_extractor(name_or_path: str) -> SequenceFeatureExtractor:
     """The teacher checkpoint's feature extractor (saved next to the student so its folder is
     a complete backbone checkpoint), or the standard 16 kHz normalising one."""
-    if name_or_path != TINY_TEACHER:
+    if name_or_path != TINY_BACKBONE:
         try:
             return AutoFeatureExtractor.from_pretrained(name_or_path)
         except (OSError, ValueError):
@@ -321,96 +258,6 @@ class MultiLevelDistiller(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Shared: noisy training data and the Trainer runner
-# --------------------------------------------------------------------------------------------
-
-
-def load_noisy_training_data(
-    data_args: DataArguments, *, labelled: bool
-) -> tuple[Dataset, list[str]]:
-    """The train split mixed on the fly with seen noise (``with_transform``) and the label
-    names, prepared exactly as ``python train.py`` prepares them (same flags, same checks).
-
-    With ``labelled`` the examples carry label ids in the returned order; without, no labels
-    (distillation and adapter pre-training are label-free). Pad with ``DataCollatorForMerit``.
-    """
-    from merit.training import _prepare_data
-
-    prepared, seen, _ = _prepare_data(data_args)
-    mixer = NoisyMixer(
-        seen,
-        {name: i for i, name in enumerate(prepared.label_names)} if labelled else None,
-        snr_range=tuple(data_args.snr_range),
-        clean_prob=data_args.clean_prob,
-        max_seconds=data_args.max_train_seconds,
-    )
-    return prepared.train.with_transform(mixer), prepared.label_names
-
-
-def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
-    """``--resume_from_checkpoint``: a path, or ``"auto"``/``"true"`` for the latest
-    checkpoint in ``output_dir`` (None when there is none yet: a fresh start)."""
-    if value is None or value.lower() in ("", "false", "none"):
-        return None
-    if value.lower() in ("auto", "true", "last"):
-        return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    if not Path(value).is_dir():
-        raise ValueError(f"checkpoint folder not found: {value}")
-    return value
-
-
-def train_module(
-    module: nn.Module,
-    training_args: TrainingArguments,
-    train_dataset: Dataset,
-    *,
-    callbacks: Sequence[TrainerCallback] = (),
-    trainer_class: type[Trainer] = Trainer,
-) -> Trainer:
-    """Train ``module`` (its ``forward`` returns the loss) with the HF ``Trainer`` on noisy
-    examples from :func:`load_noisy_training_data`: tqdm progress, logging, checkpoints in
-    ``training_args.output_dir`` and resume from ``training_args.resume_from_checkpoint``
-    (see :func:`resolve_checkpoint`). MERIT models need ``trainer_class=MeritTrainer``: their
-    ``forward(**kwargs)`` would otherwise be trusted to scale the loss for accumulation."""
-    if training_args.remove_unused_columns:
-        training_args.remove_unused_columns = False  # the mixer needs the raw audio column
-    trainer = trainer_class(
-        model=module,
-        args=training_args,
-        train_dataset=train_dataset,
-        data_collator=DataCollatorForMerit(),
-        callbacks=list(callbacks),
-    )
-    resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    trainer.train(resume_from_checkpoint=resume)
-    return trainer
-
-
-TRAINING_DEFAULTS: dict[str, Any] = dict(
-    max_steps=1000,
-    per_device_train_batch_size=8,
-    learning_rate=2e-4,
-    warmup_steps=0.05,
-    logging_steps=10,
-    save_steps=250,
-    save_total_limit=2,
-    report_to="none",
-    remove_unused_columns=False,
-    dataloader_num_workers=0,
-)
-
-
-def parse_arguments(
-    dataclass_types: Sequence[type], argv: Sequence[str] | None, **defaults: Any
-) -> tuple[Any, ...]:
-    """Parse ``argv`` into the dataclasses (last: ``TrainingArguments``) with our defaults,
-    which suit a CPU run of the tiny model; every one can be overridden on the command line."""
-    parser = HfArgumentParser(list(dataclass_types))
-    parser.set_defaults(**{**TRAINING_DEFAULTS, **defaults})
-    return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
-
-
-# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 
@@ -420,7 +267,7 @@ class DistillationArguments:
     """MLKD settings (``python train.py --method mlkd``)."""
 
     teacher: str = field(
-        default=TINY_TEACHER,
+        default=TINY_BACKBONE,
         metadata={"help": "Teacher backbone: 'tiny' (random, offline), a Hub id or a folder."},
     )
     teacher_model_type: str = field(
@@ -474,10 +321,10 @@ def main(argv: list[str] | None = None) -> Path:
     """``python train.py --method mlkd [options]``: distil, return the student folder.
 
     Flags: :class:`DistillationArguments`, the data flags of ``train.py``
-    (``merit.training.DataArguments``: ``--dataset``, ``--noise_dir``, ``--snr_range``,
+    (``merit.preparation.DataArguments``: ``--dataset``, ``--noise_dir``, ``--snr_range``,
     ``--max_train_seconds``, ...) and ``TrainingArguments``.
     """
-    from merit.training import DataArguments
+    from merit.preparation import DataArguments
 
     args, data_args, training_args = parse_arguments(
         (DistillationArguments, DataArguments, TrainingArguments),

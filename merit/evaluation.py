@@ -21,29 +21,23 @@ import csv
 import json
 import math
 import re
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import datasets
 import numpy as np
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from merit.audio import AudioError, load_audio
 from merit.data import (
-    NoiseBank,
-    build_eval_sets,
     check_labels,
-    load_speech_dataset,
     name_list,
     optional_column,
 )
 from merit.metrics import ccc_metrics, confusion_matrix_figure, se_metrics, ser_metrics
+from merit.preparation import build_test_sets
 
 __all__ = [
     "CascadeSystem",
@@ -52,18 +46,12 @@ __all__ = [
     "Prediction",
     "System",
     "UnprocessedInput",
-    "build_test_sets",
     "column_title",
-    "drop_unreadable",
     "evaluate_systems",
     "format_markdown",
-    "load_noise_banks",
     "main",
     "parse_condition",
     "plot_f1_vs_snr",
-    "quiet_datasets",
-    "resolve_data_sources",
-    "spread_subset",
     "table_columns",
     "utterance_se_scores",
     "write_report",
@@ -78,7 +66,6 @@ TABLE_METRICS: dict[str, tuple[str, float, int]] = {
     "stoi": ("STOI", 1.0, 3),
 }
 #: Display name of the embedded corpus (dataset name in model cards).
-DEFAULT_DATASET_NAME = "merit embedded eSpeak corpus"
 #: Name of the unprocessed-input row (the SSNR of the noisy mixture itself).
 UNPROCESSED = "unprocessed"
 _CONDITION = re.compile(r"^(seen|unseen)_(-?\d+(?:\.\d+)?)dB$")
@@ -594,139 +581,6 @@ def write_report(
             fig.savefig(path, dpi=110)
             paths[f"confusion_{system}_{condition}"] = path
     return paths
-
-
-# --------------------------------------------------------------------------------------------
-# Data for the command line and for train.py
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_data_sources(dataset: str | None, noise_dir: str | None) -> tuple[str, Path, str]:
-    """Dataset source, noise folder and a display name, defaulting to the embedded corpus.
-
-    A dataset folder with a ``noise/`` sub-folder (the embedded corpus layout) provides its own
-    noise; any other dataset without ``noise_dir`` borrows the embedded corpus' noise bank.
-    """
-    from merit.corpus import ensure_corpus
-
-    if dataset is None:
-        corpus = ensure_corpus()
-        return str(corpus), Path(noise_dir) if noise_dir else corpus / "noise", DEFAULT_DATASET_NAME
-    if noise_dir is not None:
-        return dataset, Path(noise_dir), dataset
-    own = Path(dataset).expanduser() / "noise"
-    if own.is_dir():
-        return dataset, own, dataset
-    return dataset, ensure_corpus() / "noise", dataset
-
-
-def load_noise_banks(noise_dir: str | Path) -> tuple[NoiseBank, NoiseBank | None]:
-    """Seen (training) and unseen (test-only) banks; a folder without unseen noise gives
-    ``None`` for it, and the unseen columns are then left out."""
-    seen = NoiseBank.from_dir(noise_dir, split="seen")
-    try:
-        unseen = NoiseBank.from_dir(noise_dir, split="unseen")
-    except ValueError:
-        unseen = None
-    return seen, unseen
-
-
-def spread_subset(dataset: Dataset, limit: int | None) -> Dataset:
-    """At most ``limit`` rows, evenly spaced: corpora are often sorted by label or speaker, so
-    the first rows would cover one class only."""
-    if limit is None or limit >= len(dataset):
-        return dataset
-    if limit < 1:
-        raise ValueError(f"the number of utterances to keep must be positive, got {limit}")
-    rows = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(int))
-    return dataset.select(rows.tolist())
-
-
-def drop_unreadable(
-    split: Dataset, *, skip: bool, min_samples: int = 400, name: str = "dataset"
-) -> tuple[Dataset, list[str]]:
-    """Read every file once so that broken audio fails now, naming the files, not mid-run.
-
-    With ``skip`` the unreadable or too-short files are dropped instead and listed in the
-    returned messages.
-    """
-    problems: list[tuple[int, str]] = []
-    for index, audio in enumerate(split.with_format("python")["audio"]):
-        try:
-            samples = len(load_audio(audio))
-        except AudioError as err:
-            problems.append((index, str(err)))
-            continue
-        if samples < min_samples:
-            where = audio.get("path") if isinstance(audio, Mapping) else audio
-            problems.append((index, f"{where}: too short ({samples} samples < {min_samples})"))
-    if problems and not skip:
-        listed = "; ".join(message for _, message in problems[:5])
-        raise ValueError(
-            f"{len(problems)} unreadable audio file(s) in the {name} split, e.g. {listed}. "
-            "Fix them or pass --skip_bad_files to leave them out."
-        )
-    if not problems:
-        return split, []
-    bad = {index for index, _ in problems}
-    kept = split.select([i for i in range(len(split)) if i not in bad])
-    if len(kept) == 0:
-        raise ValueError(f"every file of the {name} split is unreadable")
-    return kept, [message for _, message in problems]
-
-
-@contextmanager
-def quiet_datasets() -> Iterator[None]:
-    """Hide ``datasets``' per-set map/save progress bars (nine conditions make a wall of
-    them); our own bars show the progress that matters."""
-    enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if enabled:
-            datasets.enable_progress_bars()
-
-
-def build_test_sets(
-    dataset: str | None = None,
-    noise_dir: str | None = None,
-    *,
-    split: str = "test",
-    snrs: Sequence[float] = (-5, 0, 5, 10),
-    seed: int = 1234,
-    include_clean: bool = True,
-    cache_dir: str | Path | None = None,
-    max_utterances: int | None = None,
-    skip_bad_files: bool = False,
-    dimension_columns: Sequence[str] | None = None,
-    label_column: str | None = "label",
-) -> tuple[dict[str, Dataset], str]:
-    """The frozen test conditions of a dataset and its display name.
-
-    ``cache_dir`` keeps the sets on disk (memory-mapped, reused by later runs with the same
-    data and settings); without it a temporary folder is used, so memory stays small.
-    ``dimension_columns`` carries dimensional ratings along, for CCC; ``label_column=None``
-    reads a corpus without categorical labels.
-    """
-    source, noise, display = resolve_data_sources(dataset, noise_dir)
-    splits = load_speech_dataset(
-        source, label_column=label_column, dimension_columns=dimension_columns
-    )
-    if split not in splits:
-        raise ValueError(f"dataset {display!r} has no {split!r} split (has {list(splits)})")
-    test = spread_subset(splits[split], max_utterances)
-    test, skipped = drop_unreadable(test, skip=skip_bad_files, name=split)
-    for message in skipped:
-        print(f"skipped: {message}")
-    seen, unseen = load_noise_banks(noise)
-    if cache_dir is None:
-        cache_dir = tempfile.mkdtemp(prefix="merit-eval-")
-    with quiet_datasets():
-        sets = build_eval_sets(
-            test, seen, unseen, snrs=snrs, seed=seed, include_clean=include_clean, out_dir=cache_dir
-        )
-    return sets, display
 
 
 def _build_systems(args: argparse.Namespace) -> dict[str, System]:

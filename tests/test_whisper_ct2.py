@@ -60,7 +60,9 @@ def test_converted_encoder_equals_ctranslate2_encoder(converted):
     assert np.abs(ours - expected).max() < 2e-3 * scale, np.abs(ours - expected).max()
 
 
-_NUMBERS = {str(i): w for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+_NUMBERS = {
+    str(i): w for i, w in enumerate("zero one two three four five six seven eight nine ten".split())
+}
 
 
 def _words(text: str) -> list[str]:

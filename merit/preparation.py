@@ -1,0 +1,364 @@
+"""Data preparation: from command-line data arguments to checked splits, noise and eval sets.
+
+One home for what training (all three ``train.py`` methods), evaluation and the benchmarks
+share: :class:`DataArguments`, where data and noise come from (:func:`resolve_data_sources`,
+the embedded corpus by default), :func:`prepare_data`, subsetting (:func:`spread_subset`),
+failing early on broken files (:func:`drop_unreadable`), the frozen noisy validation set and
+the test conditions (:func:`build_validation_set`, :func:`build_test_sets`). The building
+blocks they use (loaders, noise mixing, collation) are in :mod:`merit.data`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+from datasets import Dataset, concatenate_datasets
+
+from merit.audio import AudioError, load_audio
+from merit.data import (
+    NoiseBank,
+    build_eval_sets,
+    check_labels,
+    load_speech_dataset,
+    name_list,
+    optional_column,
+)
+
+__all__ = [
+    "DEFAULT_DATASET_NAME",
+    "DataArguments",
+    "PreparedData",
+    "build_test_sets",
+    "build_validation_set",
+    "drop_unreadable",
+    "label_order",
+    "load_noise_banks",
+    "prepare_data",
+    "quiet_datasets",
+    "resolve_data_sources",
+    "spread_subset",
+]
+
+DEFAULT_DATASET_NAME = "merit embedded eSpeak corpus"
+
+
+@dataclass
+class DataArguments:
+    """Where the speech and noise come from and how training examples are corrupted."""
+
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset, audiofolder, save_to_disk folder or CSV/JSONL manifest "
+            "(default: the embedded eSpeak corpus, built on first use)"
+        },
+    )
+    noise_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "noise folder (noise.csv or seen/ and unseen/ sub-folders); default: "
+            "the dataset's noise/ folder, else the embedded corpus' noise bank"
+        },
+    )
+    label_column: str = field(
+        default="label",
+        metadata={
+            "help": "column of the emotion class; 'none' for a corpus without categorical "
+            "labels (then train dimensions with --categorical_head False, or --variant se-only)"
+        },
+    )
+    audio_column: str | None = field(default=None)
+    dimension_columns: str | None = field(
+        default=None,
+        metadata={
+            "help": "comma-separated columns of dimensional ratings to train the dimensional "
+            "head on with a CCC loss, e.g. arousal,valence,dominance (the embedded corpus has "
+            "these) or EmoAct,EmoVal,EmoDom (MSP-Podcast); the model keeps these names"
+        },
+    )
+    labels: str | None = field(
+        default=None,
+        metadata={
+            "help": "comma-separated label names in id order; other labels in the data are an "
+            "error (default: the labels of the train split)"
+        },
+    )
+    snr_range: list[float] = field(
+        default_factory=lambda: [-5.0, 20.0],
+        metadata={"help": "training SNR range in dB (uniform)"},
+    )
+    clean_prob: float = field(default=0.1, metadata={"help": "share of clean training examples"})
+    max_train_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "random crop of training utterances (seconds); default: whole utterances "
+            "(emotion in rate, pitch range and loudness lives over the whole utterance)"
+        },
+    )
+    eval_snrs: list[float] = field(
+        default_factory=lambda: [-5.0, 0.0, 5.0, 10.0],
+        metadata={"help": "SNRs of the validation and test noise (dB)"},
+    )
+    eval_seed: int = field(default=1234, metadata={"help": "seed of the frozen eval noise"})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "use this many evenly spaced validation utterances"}
+    )
+    max_test_samples: int | None = field(
+        default=None, metadata={"help": "use this many evenly spaced test utterances"}
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "carved from train by speaker if there is no validation"}
+    )
+    test_fraction: float = field(default=0.1)
+    skip_bad_files: bool = field(
+        default=False,
+        metadata={"help": "leave out unreadable audio files (listed) instead of failing"},
+    )
+
+
+def resolve_data_sources(dataset: str | None, noise_dir: str | None) -> tuple[str, Path, str]:
+    """Dataset source, noise folder and a display name, defaulting to the embedded corpus.
+
+    A dataset folder with a ``noise/`` sub-folder (the embedded corpus layout) provides its own
+    noise; any other dataset without ``noise_dir`` borrows the embedded corpus' noise bank.
+    """
+    from merit.corpus import ensure_corpus
+
+    if dataset is None:
+        corpus = ensure_corpus()
+        return str(corpus), Path(noise_dir) if noise_dir else corpus / "noise", DEFAULT_DATASET_NAME
+    if noise_dir is not None:
+        return dataset, Path(noise_dir), dataset
+    own = Path(dataset).expanduser() / "noise"
+    if own.is_dir():
+        return dataset, own, dataset
+    return dataset, ensure_corpus() / "noise", dataset
+
+
+def load_noise_banks(noise_dir: str | Path) -> tuple[NoiseBank, NoiseBank | None]:
+    """Seen (training) and unseen (test-only) banks; a folder without unseen noise gives
+    ``None`` for it, and the unseen columns are then left out."""
+    seen = NoiseBank.from_dir(noise_dir, split="seen")
+    try:
+        unseen = NoiseBank.from_dir(noise_dir, split="unseen")
+    except ValueError:
+        unseen = None
+    return seen, unseen
+
+
+def spread_subset(dataset: Dataset, limit: int | None) -> Dataset:
+    """At most ``limit`` rows, evenly spaced: corpora are often sorted by label or speaker, so
+    the first rows would cover one class only."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    if limit < 1:
+        raise ValueError(f"the number of utterances to keep must be positive, got {limit}")
+    rows = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(int))
+    return dataset.select(rows.tolist())
+
+
+def drop_unreadable(
+    split: Dataset, *, skip: bool, min_samples: int = 400, name: str = "dataset"
+) -> tuple[Dataset, list[str]]:
+    """Read every file once so that broken audio fails now, naming the files, not mid-run.
+
+    With ``skip`` the unreadable or too-short files are dropped instead and listed in the
+    returned messages.
+    """
+    problems: list[tuple[int, str]] = []
+    for index, audio in enumerate(split.with_format("python")["audio"]):
+        try:
+            samples = len(load_audio(audio))
+        except AudioError as err:
+            problems.append((index, str(err)))
+            continue
+        if samples < min_samples:
+            where = audio.get("path") if isinstance(audio, Mapping) else audio
+            problems.append((index, f"{where}: too short ({samples} samples < {min_samples})"))
+    if problems and not skip:
+        listed = "; ".join(message for _, message in problems[:5])
+        raise ValueError(
+            f"{len(problems)} unreadable audio file(s) in the {name} split, e.g. {listed}. "
+            "Fix them or pass --skip_bad_files to leave them out."
+        )
+    if not problems:
+        return split, []
+    bad = {index for index, _ in problems}
+    kept = split.select([i for i in range(len(split)) if i not in bad])
+    if len(kept) == 0:
+        raise ValueError(f"every file of the {name} split is unreadable")
+    return kept, [message for _, message in problems]
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """Hide ``datasets``' per-set map/save progress bars (nine conditions make a wall of
+    them); our own bars show the progress that matters."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
+
+
+def build_test_sets(
+    dataset: str | None = None,
+    noise_dir: str | None = None,
+    *,
+    split: str = "test",
+    snrs: Sequence[float] = (-5, 0, 5, 10),
+    seed: int = 1234,
+    include_clean: bool = True,
+    cache_dir: str | Path | None = None,
+    max_utterances: int | None = None,
+    skip_bad_files: bool = False,
+    dimension_columns: Sequence[str] | None = None,
+    label_column: str | None = "label",
+) -> tuple[dict[str, Dataset], str]:
+    """The frozen test conditions of a dataset and its display name.
+
+    ``cache_dir`` keeps the sets on disk (memory-mapped, reused by later runs with the same
+    data and settings); without it a temporary folder is used, so memory stays small.
+    ``dimension_columns`` carries dimensional ratings along, for CCC; ``label_column=None``
+    reads a corpus without categorical labels.
+    """
+    source, noise, display = resolve_data_sources(dataset, noise_dir)
+    splits = load_speech_dataset(
+        source, label_column=label_column, dimension_columns=dimension_columns
+    )
+    if split not in splits:
+        raise ValueError(f"dataset {display!r} has no {split!r} split (has {list(splits)})")
+    test = spread_subset(splits[split], max_utterances)
+    test, skipped = drop_unreadable(test, skip=skip_bad_files, name=split)
+    for message in skipped:
+        print(f"skipped: {message}")
+    seen, unseen = load_noise_banks(noise)
+    if cache_dir is None:
+        cache_dir = tempfile.mkdtemp(prefix="merit-eval-")
+    with quiet_datasets():
+        sets = build_eval_sets(
+            test, seen, unseen, snrs=snrs, seed=seed, include_clean=include_clean, out_dir=cache_dir
+        )
+    return sets, display
+
+
+def label_order(data_args: DataArguments, labels: Sequence[str]) -> list[str]:
+    """Label order: ``--labels`` if given, the corpus' emotion order when the data uses only
+    those names (so ids match the default model), else sorted names."""
+    from merit.corpus import EMOTIONS
+
+    names = name_list(data_args.labels, "--labels")
+    if names:
+        return names
+    present = set(labels)
+    if present <= set(EMOTIONS):
+        return [name for name in EMOTIONS if name in present]
+    return sorted(present)
+
+
+def build_validation_set(
+    split: Dataset,
+    noise_bank: NoiseBank,
+    snrs: Sequence[float],
+    *,
+    seed: int,
+    label2id: Mapping[str, int] | None,
+) -> Dataset:
+    """One frozen noisy copy of the validation split: utterance ``i`` is mixed with seen
+    noise at ``snrs[i % len(snrs)]``, so one pass covers every SNR at the cost of one set."""
+    shards = []
+    for position, snr in enumerate(snrs):
+        rows = list(range(position, len(split), len(snrs)))
+        if not rows:
+            continue
+        with quiet_datasets():
+            sets = build_eval_sets(
+                split.select(rows),
+                noise_bank,
+                None,
+                snrs=(snr,),
+                seed=seed,
+                include_clean=False,
+                label2id=label2id,
+            )
+        shards.extend(sets.values())
+    return concatenate_datasets(shards).with_format("numpy")
+
+
+@dataclass
+class PreparedData:
+    """What :func:`prepare_data` hands to training: splits, label and dimension names, where
+    the noise came from and what was skipped."""
+
+    train: Dataset
+    validation: Dataset | None
+    test: Dataset | None
+    label_names: list[str]
+    dimension_names: list[str] | None
+    noise_dir: Path
+    dataset_name: str
+    skipped: list[str]
+
+
+def prepare_data(
+    data_args: DataArguments,
+) -> tuple[PreparedData, NoiseBank, NoiseBank | None]:
+    """From ``DataArguments`` to checked splits and the seen / unseen noise banks.
+
+    The one path from a dataset argument to training data, used alike by ``train.py``'s three
+    methods: sources resolved (the embedded corpus by default), splits loaded, labels ordered
+    and checked in every split, validation and test subsets spread evenly, unreadable files
+    failed on (or skipped and listed) before anything trains.
+    """
+    source, noise_dir, display = resolve_data_sources(data_args.dataset, data_args.noise_dir)
+    dimension_names = name_list(data_args.dimension_columns, "--dimension_columns")
+    label_column = optional_column(data_args.label_column)
+    splits = load_speech_dataset(
+        source,
+        label_column=label_column,
+        audio_column=data_args.audio_column,
+        dimension_columns=dimension_names,
+        validation_fraction=data_args.validation_fraction,
+        test_fraction=data_args.test_fraction,
+    )
+    if "train" not in splits:
+        raise ValueError(f"dataset {display!r} has no train split (has {list(splits)})")
+    names: list[str] = []
+    if label_column is not None:
+        names = label_order(data_args, list(splits["train"]["label"]))
+        label2id = {name: index for index, name in enumerate(names)}
+        for split_name, split in splits.items():
+            try:
+                check_labels(split["label"], label2id)
+            except ValueError as err:
+                raise ValueError(f"{display} ({split_name} split): {err}") from err
+    limits = {"validation": data_args.max_eval_samples, "test": data_args.max_test_samples}
+    kept: dict[str, Dataset] = {}
+    skipped: list[str] = []
+    for split_name in ("train", "validation", "test"):
+        if split_name not in splits:
+            continue
+        split = spread_subset(splits[split_name], limits.get(split_name))
+        split, bad = drop_unreadable(split, skip=data_args.skip_bad_files, name=split_name)
+        kept[split_name] = split
+        skipped += bad
+    seen, unseen = load_noise_banks(noise_dir)
+    prepared = PreparedData(
+        train=kept["train"],
+        validation=kept.get("validation"),
+        test=kept.get("test"),
+        label_names=names,
+        dimension_names=dimension_names,
+        noise_dir=noise_dir,
+        dataset_name=display,
+        skipped=skipped,
+    )
+    return prepared, seen, unseen
