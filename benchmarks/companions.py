@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,24 @@ from merit.runs import load_backbone  # noqa: E402
 from merit.training import main as train_py  # noqa: E402
 from modeling_merit import MeritModel  # noqa: E402
 
-BUDGETS: dict[str, dict[str, Any]] = {
-    "quick": dict(
+
+@dataclass(frozen=True)
+class Budget:
+    """Steps of each training stage, batch, learning rate and crop, and the test size."""
+
+    teacher_steps: int
+    distill_steps: int
+    ser_steps: int
+    pretrain_steps: int
+    finetune_steps: int
+    batch_size: int
+    learning_rate: float
+    max_seconds: float
+    test_utterances: int | None
+
+
+BUDGETS: dict[str, Budget] = {
+    "quick": Budget(
         teacher_steps=60,
         distill_steps=40,
         ser_steps=50,
@@ -79,7 +96,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         max_seconds=2.0,
         test_utterances=32,
     ),
-    "full": dict(
+    "full": Budget(
         teacher_steps=400,
         distill_steps=1000,
         ser_steps=500,
@@ -98,13 +115,13 @@ SEED = 0
 
 
 def training_args(
-    work: Path, name: str, steps: int, budget: dict[str, Any], cli: argparse.Namespace
+    work: Path, name: str, steps: int, budget: Budget, cli: argparse.Namespace
 ) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(work / name),
         max_steps=steps,
-        per_device_train_batch_size=budget["batch_size"],
-        learning_rate=budget["learning_rate"],
+        per_device_train_batch_size=budget.batch_size,
+        learning_rate=budget.learning_rate,
         warmup_steps=0.05,
         logging_steps=max(1, steps // 5),
         save_strategy="no",
@@ -123,7 +140,7 @@ def train_with_train_py(
     backbone: str | Path,
     variant: str,
     steps: int,
-    budget: dict[str, Any],
+    budget: Budget,
     cli: argparse.Namespace,
     *extra: str,
 ) -> MeritModel:
@@ -140,11 +157,11 @@ def train_with_train_py(
                 "--max_steps",
                 str(steps),
                 "--per_device_train_batch_size",
-                str(budget["batch_size"]),
+                str(budget.batch_size),
             ),
-            *("--learning_rate", str(budget["learning_rate"]), "--lr_scheduler_type", "linear"),
+            *("--learning_rate", str(budget.learning_rate), "--lr_scheduler_type", "linear"),
             *("--weight_decay", "0", "--warmup_steps", "0.05", "--seed", str(SEED)),
-            *("--max_train_seconds", str(budget["max_seconds"])),
+            *("--max_train_seconds", str(budget.max_seconds)),
             *("--eval_strategy", "no", "--load_best_model_at_end", "False"),
             *("--save_strategy", "no", "--do_predict", "False", "--report_to", "none"),
             *("--logging_steps", str(max(1, steps // 5)), "--output_dir", str(out)),
@@ -188,12 +205,12 @@ def size_and_speed(teacher: torch.nn.Module, student: torch.nn.Module, x: torch.
     }
 
 
-def test_sets(budget: dict[str, Any]) -> dict[str, Any]:
+def test_sets(budget: Budget) -> dict[str, Any]:
     """Frozen noisy copies of (a shuffled subset of) the test speakers' utterances."""
     source, noise_dir, _ = resolve_data_sources(None, None)
     test = load_speech_dataset(source)["test"].shuffle(seed=SEED)
-    if budget["test_utterances"] is not None:
-        test = test.select(range(min(budget["test_utterances"], len(test))))
+    if budget.test_utterances is not None:
+        test = test.select(range(min(budget.test_utterances, len(test))))
     seen, unseen = load_noise_banks(noise_dir)
     return build_eval_sets(test, seen, unseen, snrs=(-5, 0, 5, 10), include_clean=True)
 
@@ -240,7 +257,7 @@ def run_teacher(
         "teacher",
         "tiny",
         "ser-only",
-        budget["teacher_steps"],
+        budget.teacher_steps,
         budget,
         cli,
         *("--clean_prob", "1.0", "--per_device_train_batch_size", "32"),
@@ -259,8 +276,8 @@ def run_mlkd(
         DistillationArguments(
             teacher=str(teacher_dir), student_layers=2, teacher_layers="2,3,4", teacher_seed=SEED
         ),
-        DataArguments(max_train_seconds=budget["max_seconds"]),
-        training_args(work, "mlkd", budget["distill_steps"], budget, cli),
+        DataArguments(max_train_seconds=budget.max_seconds),
+        training_args(work, "mlkd", budget.distill_steps, budget, cli),
     )
     plain_dir = work / "plain-student"
     make_student(teacher, 2).save_pretrained(plain_dir)
@@ -278,7 +295,7 @@ def run_mlkd(
             f"ser-{name}",
             folder,
             "ser-only",
-            budget["ser_steps"],
+            budget.ser_steps,
             budget,
             cli,
             "--freeze_backbone",
@@ -292,23 +309,23 @@ def run_mlkd(
 def run_adapter(
     work: Path, teacher_dir: Path, budget: dict, cli: argparse.Namespace
 ) -> tuple[dict[str, Any], dict[str, MeritModel]]:
-    total = budget["pretrain_steps"] + budget["finetune_steps"]
+    total = budget.pretrain_steps + budget.finetune_steps
     models = {}
     for name, tasks in (("adapter", "ser"), ("adapter-merit", "ser,se")):
         folder = train_adapter(
             AdapterArguments(
                 backbone=str(teacher_dir),
                 tasks=tasks,
-                pretrain_steps=budget["pretrain_steps"],
-                pretrain_learning_rate=budget["learning_rate"],
+                pretrain_steps=budget.pretrain_steps,
+                pretrain_learning_rate=budget.learning_rate,
                 num_clusters=16,
-                cluster_refresh_steps=max(1, budget["pretrain_steps"] // 4),
+                cluster_refresh_steps=max(1, budget.pretrain_steps // 4),
                 ema_decay=0.99,
                 **SIZES,
                 **ADAPTER_SIZES,
             ),
-            DataArguments(max_train_seconds=budget["max_seconds"]),
-            training_args(work, name, budget["finetune_steps"], budget, cli),
+            DataArguments(max_train_seconds=budget.max_seconds),
+            training_args(work, name, budget.finetune_steps, budget, cli),
         )
         models[name] = MeritModel.from_pretrained(folder)
     models["sparse-merit"] = train_with_train_py(
@@ -356,7 +373,7 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
         "",
         "No pretrained SSL encoder can be downloaded here, so a stand-in comes first: "
         "`teacher`, `train.py`'s tiny backbone (4 layers, 128 wide, group-norm conv encoder) "
-        f"trained {budget['teacher_steps']} steps for SER on *clean* speech of the training "
+        f"trained {budget.teacher_steps} steps for SER on *clean* speech of the training "
         "speakers (`--variant ser-only --clean_prob 1.0`, batch 32 one-second crops). Every "
         "other system starts from its encoder, so the numbers compare the methods like for "
         "like at a toy scale and say little about WavLM-size results. Unlike an SSL encoder "
@@ -371,7 +388,7 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
         "the `plain-student` is that initialisation, not distilled) hears noisy speech and "
         "predicts teacher layers 2, 3, 4 (teacher on the clean copy) "
         "with L1 - log sigmoid(cos). Both students are then fine-tuned for SER by `train.py "
-        f"--variant ser-only --freeze_backbone True` for {budget['ser_steps']} steps.",
+        f"--variant ser-only --freeze_backbone True` for {budget.ser_steps} steps.",
         "",
         "### Size and speed (same input, median of 3 after a warm-up, this run)",
         "",
@@ -386,8 +403,8 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
         "## Adapter with local attributes",
         "",
         f"Adapter: WAP-Transformer ({ADAPTER_SIZES['adapter_layers']} layers) pre-trained "
-        f"{budget['pretrain_steps']} steps (masked spans 40 %, EMA teacher 0.99, 16 k-means "
-        f"local attributes), then fine-tuned {budget['finetune_steps']} steps, encoder frozen; "
+        f"{budget.pretrain_steps} steps (masked spans 40 %, EMA teacher 0.99, 16 k-means "
+        f"local attributes), then fine-tuned {budget.finetune_steps} steps, encoder frozen; "
         "`adapter` = SER only, `adapter-merit` = the MERIT option (SER + SE, sparse routing). "
         f"`sparse-merit`: Sparse MERIT by `train.py --variant sparse` (SER + SE, conv encoder "
         "frozen, transformer fine-tuned) trained "

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+from common import write_report  # noqa: E402  (benchmarks/common.py, beside this script)
+
 RESULTS = ROOT / "benchmarks" / "results" / "long_audio.md"
 
 
@@ -206,9 +208,7 @@ def main() -> None:
         *summary,
     ]
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text("\n".join(lines) + "\n")
-        print(f"Wrote {RESULTS.relative_to(ROOT)}")
+        write_report(RESULTS, lines)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import write_report  # noqa: E402  (benchmarks/common.py, beside this script)
+
 RESULTS = ROOT / "benchmarks" / "results" / "onnx_speed.md"
 
 
@@ -121,9 +123,7 @@ def main() -> None:
             f"{torch_s / onnx_s:.2f} | {error:.1e} |"
         )
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text("\n".join(lines) + "\n")
-        print(f"Wrote {RESULTS.relative_to(ROOT)}")
+        write_report(RESULTS, lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, write_report
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 CANDIDATES: dict[str, list[str]] = {
@@ -120,8 +121,8 @@ def main() -> None:
             f"| {r['name']} | `{' '.join(r['args'])}` | {r['val_f1_macro']:.3f} ({r['best_step']}) "
             f"| {r['val_ssnr']:.2f} | {r['val_f1_by_step']} | {r['seconds']:.0f} |"
         )
-    (RESULTS / "recipe_search.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    write_report(RESULTS / "recipe_search.md", lines)
 
 
 if __name__ == "__main__":
