@@ -28,6 +28,8 @@ from merit.training import (
 LABELS = {0: "neutral", 1: "happy", 2: "sad", 3: "angry"}
 #: A model small enough for a few training steps in seconds.
 TINY = [
+    "--backbone",
+    "tiny",
     "--tiny_hidden_size",
     "32",
     "--tiny_layers",
@@ -101,7 +103,11 @@ def test_best_metric_follows_the_variant_and_heads():
 
 def test_defaults_and_config_files(tmp_path):
     model_args, data_args, args = parse_args([])
-    assert (model_args.backbone, model_args.variant, model_args.peft) == ("tiny", "sparse", "none")
+    assert (model_args.backbone, model_args.variant, model_args.peft) == (
+        "whisper-tiny.en",
+        "sparse",
+        "none",
+    )
     assert args.output_dir == "outputs/merit-sparse"
     assert args.remove_unused_columns is False and args.load_best_model_at_end is True
     assert data_args.snr_range == [-5.0, 20.0] and data_args.dataset is None
@@ -250,10 +256,17 @@ class _StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_resume_continues_where_the_interrupted_run_stopped(tiny_corpus, tmp_path):
+TWO_STAGES = ["--backbone_frozen_steps", "1", "--backbone_learning_rate_factor", "0.5"]
+
+
+@pytest.mark.parametrize("stages", [[], TWO_STAGES], ids=["one-stage", "two-stage"])
+def test_resume_continues_where_the_interrupted_run_stopped(tiny_corpus, tmp_path, stages):
+    """Killed after step 2 and resumed: steps 3-4 equal the uninterrupted run's. With two
+    stages the kill falls in stage 2 (the backbone was frozen for step 1 only)."""
+
     def run(out: Path, *extra: str, callbacks=None) -> dict:
         argv = ["--dataset", str(tiny_corpus), "--output_dir", str(out), "--max_steps", "4"]
-        argv += ["--logging_steps", "1", "--seed", "7", *LOOP_ONLY, *TINY, *extra]
+        argv += ["--logging_steps", "1", "--seed", "7", *LOOP_ONLY, *TINY, *stages, *extra]
         return training.main(argv, callbacks=callbacks)
 
     straight = run(tmp_path / "straight")
@@ -273,7 +286,10 @@ def test_resume_continues_where_the_interrupted_run_stopped(tiny_corpus, tmp_pat
     optim_b = torch.load(b / "optimizer.pt", weights_only=True)["state"]
     assert optim_a.keys() == optim_b.keys()
     for key in optim_a:
-        assert int(optim_a[key]["step"]) == int(optim_b[key]["step"]) == 4
+        # 4 steps; 3 for the backbone's parameters when step 1 kept them frozen
+        assert (
+            int(optim_a[key]["step"]) == int(optim_b[key]["step"]) in ((4, 3) if stages else (4,))
+        )
         torch.testing.assert_close(
             optim_a[key]["exp_avg"], optim_b[key]["exp_avg"], atol=1e-6, rtol=0
         )
@@ -285,6 +301,37 @@ def test_resume_continues_where_the_interrupted_run_stopped(tiny_corpus, tmp_pat
     # Steps 3 and 4 saw the same examples and noise in both runs.
     assert losses(a) == pytest.approx(losses(b), abs=1e-5)
     assert len(losses(b)) == 4
+    if stages:  # the backbone has its own parameter groups at half the learning rate
+        groups = torch.load(b / "optimizer.pt", weights_only=True)["param_groups"]
+        rates = sorted({g["initial_lr"] for g in groups})
+        assert len(rates) == 2 and rates[0] == pytest.approx(rates[1] * 0.5)
+
+
+class _Snapshot(TrainerCallback):
+    """Keeps a copy of the weights as training starts."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_stage_one_trains_merit_layers_on_a_frozen_backbone(tiny_corpus, tmp_path):
+    """Two stages: during the frozen steps the backbone's weights do not move, the MERIT
+    layers' do; from the boundary on the backbone trains too."""
+    argv = ["--dataset", str(tiny_corpus), "--max_steps", "4", "--seed", "3", *LOOP_ONLY, *TINY]
+    argv += ["--backbone_frozen_steps", "2", "--output_dir", str(tmp_path / "run")]
+    snapshot = _Snapshot()
+    training.main(argv, callbacks=[snapshot])
+    start = snapshot.weights
+    first, second = _weights(tmp_path / "run/checkpoint-2"), _weights(tmp_path / "run/checkpoint-4")
+    layers = [k for k in first if k.startswith("backbone.encoder.layers.")]
+    assert layers
+    for key in layers:
+        assert torch.equal(first[key], start[key]), key  # frozen in stage 1
+    assert any(not torch.equal(second[k], first[k]) for k in layers)  # trains in stage 2
+    merit = [k for k in first if k.startswith("mixture.")]
+    assert any(not torch.equal(first[k], start[k]) for k in merit)
+    with pytest.raises(SystemExit):
+        training.parse_args(["--backbone_learning_rate_factor", "0"])
 
 
 def _manifest(corpus: Path, tmp_path: Path, rename: dict[str, str] | None = None) -> Path:
