@@ -187,6 +187,47 @@ def expert_layer_ratio(repeats: int) -> dict[str, float]:
     return {"sparse_s": sparse, "dense_s": dense, "dense_over_sparse": dense / sparse}
 
 
+#: Whisper encoder sizes (random weights): tiny and base, as OpenAI's.
+WHISPER_SIZES = {
+    "tiny": dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536),
+    "base": dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048),
+}
+#: The MERIT layer sizes the default Whisper tiny.en run uses (merit.training).
+WHISPER_MERIT_SIZES = dict(hidden_size=128, expert_hidden_size=256)
+
+
+class WhisperFloor(torch.nn.Module):
+    """A Whisper encoder alone as MERIT runs it: log-mel front end, actual-length encoder,
+    every hidden state (the floor Sparse MERIT on Whisper is measured against)."""
+
+    def __init__(self, model: MeritModel) -> None:
+        super().__init__()
+        self.backbone, self.family = model.backbone, model.backbone_family
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lengths = torch.full((x.shape[0],), x.shape[-1])
+        return self.family.hidden_states(self.backbone, x, lengths)
+
+
+def whisper_ratios(repeats: int, seconds: float, batch: int = 1) -> dict[str, dict[str, float]]:
+    """Sparse MERIT on Whisper tiny / base against the encoder alone, timed round-robin."""
+    from transformers import WhisperConfig
+
+    out = {}
+    x = torch.randn(batch, int(seconds * SAMPLE_RATE)) * 0.1
+    for size, dims in WHISPER_SIZES.items():
+        torch.manual_seed(0)
+        config = MeritConfig(
+            backbone_config=WhisperConfig(num_mel_bins=80, decoder_layers=1, **dims),
+            **WHISPER_MERIT_SIZES,
+        )
+        model = MeritModel(config).eval()
+        times = time_interleaved({"encoder": WhisperFloor(model), "sparse": model}, x, repeats)
+        out[size] = {**times, "sparse_over_encoder": times["sparse"] / times["encoder"]}
+        print(f"whisper-{size}: encoder {times['encoder']:.3f} s, sparse {times['sparse']:.3f} s")
+    return out
+
+
 def training_throughput(steps: int, batch: int, seconds: float) -> dict[str, float]:
     """Samples per second of Sparse MERIT and WavLMForSequenceClassification, same Trainer."""
     import tempfile
@@ -268,6 +309,7 @@ def main() -> None:
             "hf_wavlm_over_backbone": t["hf-wavlm"] / t["backbone"],
         }
     layer = expert_layer_ratio(repeats=10)
+    whisper = whisper_ratios(repeats, args.seconds)
     train = training_throughput(steps=3 if args.quick else 6, batch=2, seconds=4.0)
 
     command = "python benchmarks/" + " ".join([Path(__file__).name, *sys.argv[1:]])
@@ -279,6 +321,7 @@ def main() -> None:
         "ratios": ratios,
         "expert_layer": layer,
         "training_samples_per_second": train,
+        "whisper": whisper,
         "targets": {
             "sparse_over_backbone <= 1.10": {
                 k: v["sparse_over_backbone"] <= 1.10 for k, v in ratios.items()
@@ -287,6 +330,9 @@ def main() -> None:
                 k: v["cascade_over_sparse"] >= 1.8 for k, v in ratios.items()
             },
             "expert layer dense/sparse >= 2": layer["dense_over_sparse"] >= 2.0,
+            "whisper sparse_over_encoder <= 1.10": {
+                k: v["sparse_over_encoder"] <= 1.10 for k, v in whisper.items()
+            },
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -331,6 +377,18 @@ def main() -> None:
         f"Training throughput (same Trainer, batch 2 x 4 s): Sparse MERIT "
         f"{train['sparse']:.2f} samples/s, WavLMForSequenceClassification "
         f"{train['hf-wavlm-cls']:.2f} samples/s (ratio {train['sparse_over_hf']:.2f}).",
+        "",
+        f"Whisper encoders (random weights, batch 1, {args.seconds:g} s; MERIT layers "
+        f"{WHISPER_MERIT_SIZES['hidden_size']} / {WHISPER_MERIT_SIZES['expert_hidden_size']} wide "
+        "as in the default run; floor = the encoder as MERIT runs it, log-mel included):",
+        "",
+        "| encoder | encoder alone (s) | Sparse MERIT (s) | ratio | target |",
+        "|---|---:|---:|---:|---|",
+        *(
+            f"| whisper-{k} | {v['encoder']:.3f} | {v['sparse']:.3f} | "
+            f"{v['sparse_over_encoder']:.3f} | <= 1.10 |"
+            for k, v in whisper.items()
+        ),
     ]
     (args.out / "speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

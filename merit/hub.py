@@ -254,6 +254,7 @@ def render_model_card(
         "variant": variant,
         "variant_description": VARIANT_DESCRIPTIONS[variant],
         "base_model": f"`{base_model}`" if base_model else "randomly initialised SSL backbone",
+        "backbone_notice": _backbone_notice(base_model),
         "labels": label_text,
         "dataset_name": dataset_name,
         "metrics_summary": _metrics_summary(metrics),
@@ -275,6 +276,17 @@ def render_model_card(
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "README.md").write_text(text)
     return text
+
+
+def _backbone_notice(base_model: str | None) -> str:
+    """Origin and licence of the backbone's pretrained weights, where this package knows them."""
+    from merit.whisper_ct2 import TINY_EN_HUB_ID, TINY_EN_NOTICE
+
+    if base_model == TINY_EN_HUB_ID:
+        return f"The backbone is {TINY_EN_NOTICE}"
+    if base_model:
+        return f"The backbone's weights come from `{base_model}`; its licence applies to them."
+    return "The backbone was trained from scratch with the rest of the model."
 
 
 def set_card_model_id(card: str, model_id: str) -> str:

@@ -75,7 +75,7 @@ from merit.preparation import (
     quiet_datasets,
 )
 from merit.runs import TINY_BACKBONE, parse_with_config, resolve_checkpoint
-from merit.whisper_ct2 import resolve_pretrained_backbone
+from merit.whisper_ct2 import TINY_EN_HUB_ID, TINY_EN_NAME, resolve_pretrained_backbone
 from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, minimal_backbone_config
 
 __all__ = [
@@ -343,6 +343,8 @@ def build_model(
         model = MeritModel(MeritConfig(backbone_config=backbone, **kwargs))
     else:
         model = MeritModel.from_backbone(resolve_pretrained_backbone(model_args.backbone), **kwargs)
+        if model_args.backbone == TINY_EN_NAME:  # record the origin, not this machine's cache
+            model.config.backbone_config._name_or_path = TINY_EN_HUB_ID
     if model_args.peft == "lora":
         from merit.peft_utils import apply_lora
 

