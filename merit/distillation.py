@@ -69,7 +69,9 @@ __all__ = [
     "teacher_feature_extractor",
 ]
 
-_LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.")
+#: Transformer layer weights: ``encoder.layers.N.`` (WavLM, wav2vec 2.0, HuBERT) or
+#: ``layers.N.`` (a Whisper encoder).
+_LAYER_KEY = re.compile(r"^(?:encoder\.)?layers\.(\d+)\.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,8 +104,10 @@ def make_student(teacher: PreTrainedModel, num_layers: int) -> PreTrainedModel:
     if not 1 <= num_layers <= total:
         raise ValueError(f"student num_layers must be in [1, {total}], got {num_layers}.")
     config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = num_layers
+    config.num_hidden_layers = num_layers  # Whisper: maps onto encoder_layers
     config.layerdrop = 0.0
+    if hasattr(config, "encoder_layerdrop"):
+        config.encoder_layerdrop = 0.0
     student = type(teacher)(config)
     state = {
         key: value

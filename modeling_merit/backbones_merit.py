@@ -377,7 +377,12 @@ class WhisperEncoderBackbone(SpeechBackbone):
         return rf".*backbone\.layers\.\d+\.self_attn\.({'|'.join(projections)})"
 
     def load_pretrained(self, name_or_path: str, **kwargs: Any) -> tuple[PretrainedConfig, dict]:
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
         config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        if "WhisperEncoder" in (getattr(config, "architectures", None) or []):
+            # A bare encoder (an MLKD student, or the backbone of a saved MERIT model).
+            return config, WhisperEncoder.from_pretrained(name_or_path, **kwargs).state_dict()
         # AutoModel gives a WhisperModel for WhisperModel, WhisperForConditionalGeneration and
         # WhisperForAudioClassification checkpoints alike; only its encoder is kept.
         pretrained = AutoModel.from_pretrained(name_or_path, **kwargs)

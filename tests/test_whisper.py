@@ -151,3 +151,30 @@ def test_lora_on_whisper_attention_trains_and_merges_exactly():
         merged_model = peft_model.merge_and_unload()
         merged = merged_model(input_values=x).logits
     torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-4)
+
+
+def test_mlkd_student_of_a_whisper_teacher_builds_a_merit_model(tmp_path):
+    """MLKD on Whisper: the teacher is the encoder of a Whisper checkpoint, the student its
+    first layer, saved as a bare encoder that from_backbone builds on."""
+    from merit.distillation import MultiLevelDistiller, make_student
+    from merit.runs import load_backbone
+
+    torch.manual_seed(2)
+    WhisperForConditionalGeneration(minimal_backbone_config("whisper")).save_pretrained(
+        tmp_path / "teacher"
+    )
+    teacher = load_backbone(str(tmp_path / "teacher"))
+    assert type(teacher).__name__ == "WhisperEncoder" and not teacher.training
+    student = make_student(teacher, 1)
+    assert len(student.layers) == 1
+    assert torch.equal(student.layers[0].fc1.weight, teacher.layers[0].fc1.weight)
+    distiller = MultiLevelDistiller(teacher, student, teacher_layers="1,2", normalize=False)
+    x = speech_like(0.7)[None].repeat(2, 1)
+    out = distiller(x + 0.01 * torch.randn_like(x), x)
+    out["loss"].backward()
+    assert student.layers[0].fc1.weight.grad.abs().sum() > 0
+    student.save_pretrained(tmp_path / "student")
+    model = MeritModel.from_backbone(str(tmp_path / "student"), hidden_size=32, num_experts=4)
+    assert model.config.backbone_config.encoder_layers == 1
+    for key, value in student.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
