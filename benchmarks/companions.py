@@ -1,9 +1,8 @@
 """The two companion methods against their references, on the embedded corpus.
 
-No pretrained SSL encoder can be downloaded here, so the benchmark first trains a stand-in:
-the *teacher*, ``train.py``'s tiny backbone trained for SER on clean speech of the training
-speakers. Every other system starts from its encoder, so the comparison is like for like at
-a toy scale; absolute numbers say little about WavLM-size results.
+The pretrained encoder is OpenAI's Whisper tiny.en (4 layers, 384 wide; the packaged offline
+weights, ``--backbone whisper-tiny.en``): it is the MLKD teacher (on clean speech) and the
+frozen encoder under the adapter, as the papers use a pretrained SSL model.
 
 MLKD (``merit.distillation``): a 2-layer student distilled from the frozen 4-layer teacher
 (clean speech to the teacher, the noisy copy to the student, targets: teacher layers 2,3,4).
@@ -20,8 +19,8 @@ of optimizer steps (pre-training + fine-tuning).
 Test conditions: the test speakers at -5/0/5/10 dB of seen and unseen noise (frozen by
 ``merit.data.build_eval_sets``) and clean.
 
-    python benchmarks/companions.py --quick    # ~10 minutes on a free core
-    python benchmarks/companions.py            # full budget (~1 hour on a free core)
+    python benchmarks/companions.py --quick    # pipeline check, a few minutes
+    python benchmarks/companions.py            # full budget (about 40 min on 2 cores)
 
 Writes benchmarks/results/companions.md and companions.json with the command that made them.
 """
@@ -36,12 +35,12 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, TrainingArguments, WavLMConfig, WavLMModel
+from transformers import TrainingArguments, WavLMConfig, WavLMModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,51 +65,50 @@ from merit.preparation import (  # noqa: E402
 )
 from merit.runs import load_backbone  # noqa: E402
 from merit.training import main as train_py  # noqa: E402
+from merit.whisper_ct2 import TINY_EN_NAME, resolve_pretrained_backbone  # noqa: E402
 from modeling_merit import MeritModel  # noqa: E402
+from modeling_merit.modeling_merit import backbone_hidden_states  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Budget:
     """Steps of each training stage, batch, learning rate and crop, and the test size."""
 
-    teacher_steps: int
     distill_steps: int
     ser_steps: int
     pretrain_steps: int
     finetune_steps: int
     batch_size: int
     learning_rate: float
-    max_seconds: float
+    max_seconds: float | None
     test_utterances: int | None
 
 
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(
-        teacher_steps=60,
-        distill_steps=40,
-        ser_steps=50,
-        pretrain_steps=25,
-        finetune_steps=25,
+        distill_steps=20,
+        ser_steps=20,
+        pretrain_steps=10,
+        finetune_steps=10,
         batch_size=4,
-        learning_rate=2e-3,
-        max_seconds=2.0,
-        test_utterances=32,
-    ),
-    "full": Budget(
-        teacher_steps=400,
-        distill_steps=1000,
-        ser_steps=500,
-        pretrain_steps=500,
-        finetune_steps=500,
-        batch_size=16,
         learning_rate=1e-3,
         max_seconds=2.0,
+        test_utterances=24,
+    ),
+    "full": Budget(
+        distill_steps=400,
+        ser_steps=300,
+        pretrain_steps=200,
+        finetune_steps=200,
+        batch_size=16,
+        learning_rate=1e-3,
+        max_seconds=None,
         test_utterances=None,
     ),
 }
-#: MERIT layers sized for the 64-wide tiny backbone (the defaults suit WavLM-base).
-SIZES = dict(hidden_size=64, num_experts=4, expert_hidden_size=128)
-ADAPTER_SIZES = dict(adapter_layers=2, adapter_heads=4, adapter_ffn_size=128)
+#: MERIT layers as the default Whisper tiny.en run sizes them.
+SIZES = dict(hidden_size=128, num_experts=8, expert_hidden_size=256)
+ADAPTER_SIZES = dict(adapter_layers=2, adapter_heads=4, adapter_ffn_size=256)
 SEED = 0
 
 
@@ -161,7 +159,7 @@ def train_with_train_py(
             ),
             *("--learning_rate", str(budget.learning_rate), "--lr_scheduler_type", "linear"),
             *("--weight_decay", "0", "--warmup_steps", "0.05", "--seed", str(SEED)),
-            *("--max_train_seconds", str(budget.max_seconds)),
+            *(("--max_train_seconds", str(budget.max_seconds)) if budget.max_seconds else ()),
             *("--eval_strategy", "no", "--load_best_model_at_end", "False"),
             *("--save_strategy", "no", "--do_predict", "False", "--report_to", "none"),
             *("--logging_steps", str(max(1, steps // 5)), "--output_dir", str(out)),
@@ -178,13 +176,14 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 @torch.no_grad()
 def forward_seconds(backbone: torch.nn.Module, x: torch.Tensor, repeats: int = 3) -> float:
-    """Median wall time of a forward pass on ``x`` after one warm-up pass."""
+    """Median wall time of a forward pass (all hidden states, as MERIT runs the backbone) on
+    ``x`` after one warm-up pass."""
     backbone.eval()
-    backbone(x)
+    backbone_hidden_states(backbone, x)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        backbone(x)
+        backbone_hidden_states(backbone, x)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -244,32 +243,14 @@ def subset(result: EvaluationResult, systems: list[str]) -> EvaluationResult:
 # --------------------------------------------------------------------------------------------
 
 
-def run_teacher(
-    work: Path, budget: dict, cli: argparse.Namespace
-) -> tuple[Path, dict[str, MeritModel]]:
-    """The encoder every other system starts from, standing in for an SSL model (none can be
-    downloaded here): ``train.py``'s tiny backbone trained for SER on *clean* speech of the
-    training speakers, with ``train.py``'s default batch (32 one-second crops). A frozen
-    random encoder is no stand-in: its features carry too little for any head to learn from
-    in these budgets (the first quick run left every system at chance)."""
-    teacher = train_with_train_py(
-        work,
-        "teacher",
-        "tiny",
-        "ser-only",
-        budget.teacher_steps,
-        budget,
-        cli,
-        *("--clean_prob", "1.0", "--per_device_train_batch_size", "32"),
-        *("--max_train_seconds", "1.0"),
-    )
-    folder = work / "teacher-backbone"
-    teacher.backbone.save_pretrained(folder)
-    return folder, {"teacher": teacher}
+def run_teacher() -> Path:
+    """The pretrained encoder every system starts from: Whisper tiny.en, converted once from
+    the packaged CTranslate2 weights (sha256-checked)."""
+    return Path(resolve_pretrained_backbone(TINY_EN_NAME))
 
 
 def run_mlkd(
-    work: Path, teacher_dir: Path, budget: dict, cli: argparse.Namespace
+    work: Path, teacher_dir: Path, budget: Budget, cli: argparse.Namespace
 ) -> tuple[dict[str, Any], dict[str, MeritModel]]:
     teacher = load_backbone(str(teacher_dir))
     distilled_dir = distill(
@@ -283,7 +264,7 @@ def run_mlkd(
     make_student(teacher, 2).save_pretrained(plain_dir)
 
     x = 0.1 * torch.randn(4, 3 * 16000, generator=torch.Generator().manual_seed(SEED))
-    speed = {"tiny": size_and_speed(teacher, AutoModel.from_pretrained(distilled_dir), x)}
+    speed = {"whisper-tiny.en": size_and_speed(teacher, load_backbone(str(distilled_dir)), x)}
     torch.manual_seed(SEED)
     base = WavLMModel(WavLMConfig())
     speed["wavlm-base-size"] = size_and_speed(base, make_student(base, 2), x[:1])
@@ -307,7 +288,7 @@ def run_mlkd(
 
 
 def run_adapter(
-    work: Path, teacher_dir: Path, budget: dict, cli: argparse.Namespace
+    work: Path, teacher_dir: Path, budget: Budget, cli: argparse.Namespace
 ) -> tuple[dict[str, Any], dict[str, MeritModel]]:
     total = budget.pretrain_steps + budget.finetune_steps
     models = {}
@@ -356,9 +337,9 @@ def speed_table(speed: dict[str, dict[str, Any]]) -> str:
 
 def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    budget = report["budget"]
+    budget = Budget(**report["budget"])
     mlkd_systems, adapter_systems = (
-        ["teacher", "mlkd-student", "plain-student"],
+        ["mlkd-student", "plain-student"],
         [
             "adapter",
             "adapter-merit",
@@ -371,20 +352,15 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
         f"Command: `{report['command']}` ({report['elapsed_minutes']:.1f} min on "
         f"{report['device']}; {report['test_utterances']} test utterances per condition).",
         "",
-        "No pretrained SSL encoder can be downloaded here, so a stand-in comes first: "
-        "`teacher`, `train.py`'s tiny backbone (4 layers, 128 wide, group-norm conv encoder) "
-        f"trained {budget.teacher_steps} steps for SER on *clean* speech of the training "
-        "speakers (`--variant ser-only --clean_prob 1.0`, batch 32 one-second crops). Every "
-        "other system starts from its encoder, so the numbers compare the methods like for "
-        "like at a toy scale and say little about WavLM-size results. Unlike an SSL encoder "
-        "this one has seen the emotion labels of the training speakers; the test speakers are "
-        "held out. Budgets: "
-        + ", ".join(f"{k}={v}" for k, v in budget.items())
-        + f"; seed {SEED}; linear schedule with 5 % warm-up.",
+        "The pretrained encoder is OpenAI's Whisper tiny.en (4 layers, 384 wide; the packaged "
+        "offline weights): the MLKD teacher hears clean speech, and the adapter and Sparse "
+        "MERIT run on it. It has never seen this corpus's emotion labels. Budgets: "
+        + ", ".join(f"{k}={v}" for k, v in asdict(budget).items())
+        + f"; seed {SEED}; linear schedule with 5 % warm-up; MERIT layers {SIZES}.",
         "",
         "## MLKD: multi-level knowledge distillation",
         "",
-        "Student (2 layers, initialised from the teacher's conv encoder and first 2 layers; "
+        "Student (2 layers, initialised from the teacher's convolutions and first 2 layers; "
         "the `plain-student` is that initialisation, not distilled) hears noisy speech and "
         "predicts teacher layers 2, 3, 4 (teacher on the clean copy) "
         "with L1 - log sigmoid(cos). Both students are then fine-tuned for SER by `train.py "
@@ -393,8 +369,8 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
         "### Size and speed (same input, median of 3 after a warm-up, this run)",
         "",
         speed_table(report["mlkd"]["speed"]),
-        "The WavLM-base-size row uses random weights and is not trained: it shows what the "
-        "12 -> 2 layer student saves at real scale.",
+        "The WavLM-base-size row uses random weights and is not trained: it shows what a "
+        "12 -> 2 layer student saves at that scale.",
         "",
         "### SER F1-macro, distilled student vs the same student without distillation",
         "",
@@ -406,7 +382,7 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
         f"{budget.pretrain_steps} steps (masked spans 40 %, EMA teacher 0.99, 16 k-means "
         f"local attributes), then fine-tuned {budget.finetune_steps} steps, encoder frozen; "
         "`adapter` = SER only, `adapter-merit` = the MERIT option (SER + SE, sparse routing). "
-        f"`sparse-merit`: Sparse MERIT by `train.py --variant sparse` (SER + SE, conv encoder "
+        f"`sparse-merit`: Sparse MERIT by `train.py --variant sparse` (SER + SE, convolutions "
         "frozen, transformer fine-tuned) trained "
         f"{report['adapter']['total_steps']} steps, the same total.",
         "",
@@ -429,12 +405,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sets = test_sets(budget)
     with tempfile.TemporaryDirectory(prefix="merit-companions-") as folder:
         work = Path(folder)
-        teacher_dir, teacher_models = run_teacher(work, budget, cli)
+        teacher_dir = run_teacher()
         mlkd, mlkd_models = run_mlkd(work, teacher_dir, budget, cli)
         adapter, adapter_models = run_adapter(work, teacher_dir, budget, cli)
     systems = {
         name: ModelSystem(model, device=cli.device)
-        for name, model in {**teacher_models, **mlkd_models, **adapter_models}.items()
+        for name, model in {**mlkd_models, **adapter_models}.items()
     }
     result = evaluate_systems(systems, sets, batch_size=8, progress=not cli.no_progress)
     device = (
@@ -447,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "command": "python benchmarks/"
         + " ".join([Path(__file__).name, *(argv if argv is not None else sys.argv[1:])]),
-        "budget": budget,
+        "budget": asdict(budget),
         "device": device,
         "elapsed_minutes": (time.perf_counter() - start) / 60,
         "test_utterances": len(next(iter(sets.values()))),

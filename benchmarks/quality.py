@@ -1,7 +1,9 @@
 """Quality of Sparse MERIT against its baselines, over several training seeds (issue 6).
 
 Systems, all trained by ``merit.training.main`` (what ``python train.py`` runs) on the embedded
-eSpeak corpus with one budget (steps, batch, crop, learning rate, schedule) and the same seeds:
+eSpeak corpus on the same pretrained encoder (Whisper tiny.en, ``train.py``'s default
+backbone) with one budget (steps, batch) and ``train.py``'s default recipe otherwise (two stages,
+whole utterances, learning rates, schedule), and the same seeds:
 
 * ``sparse``: Sparse MERIT (top-k routed experts, SER + SE);
 * ``dense``: dense MERIT (every expert on every frame);
@@ -26,10 +28,10 @@ training seeds is what the ``±`` columns show (three seeds are too few for a te
     python benchmarks/quality.py --quick   # pipeline check: < 10 min on 2 free cores
     python benchmarks/quality.py           # the benchmark: 55 min measured on one core
 
-Budgets (:data:`BUDGETS`): full = 350 steps of 32 one-second crops per system and seed, 160
-of the 240 test utterances (evenly spaced: every speaker and emotion) per condition; quick =
-30 steps and 32 utterances, still 3 seeds. One torch/BLAS thread (``--threads``): the run is
-sequential, and on this 2-core machine a second thread made steps many times slower.
+Budgets (:data:`BUDGETS`): full = 240 steps of batch 16 per system and seed (the first 80 with
+the encoder frozen), 160 of the 240 test utterances (evenly spaced: every speaker and emotion)
+per condition; quick = 12 steps and 32 utterances, still 3 seeds. Both torch threads by
+default (``--threads``).
 
 Writes ``benchmarks/results/quality.md``, ``quality.csv``, ``quality.json`` (per-seed rows,
 statistics and the command) and ``quality_f1_vs_snr.png``.
@@ -102,35 +104,31 @@ HARDEST_SNR = -5.0
 class Budget:
     """One training budget for every system, plus the size of the evaluation.
 
-    Batches of 32 one-second crops, as ``train.py``'s defaults: with 8 utterances per step the
-    emotion loss stayed at chance for 600+ steps, with 32 it learns within 200 (measured by
-    the training module's author). The full budget is what fits 15 trainings and 3
-    evaluations in an hour of one free core: planned from the --quick run as ~37 + 11 min;
-    the full run measured 55.0 min wall, 54.1 min CPU (2.1-3.0 min per training).
+    Everything else is ``train.py``'s default recipe (the one chosen on validation for the
+    default run), so the systems differ only in what they are. The full budget is what fits
+    15 trainings and 3 evaluations in about an hour on 2 cores; it is shorter than the default
+    run's, so absolute figures are below that run's.
     """
 
     steps: int
     batch_size: int
-    max_seconds: float
-    learning_rate: float
+    backbone_frozen_steps: int
     test_utterances: int | None
     bootstrap_resamples: int
 
 
 BUDGETS = {
     "full": Budget(
-        steps=350,
-        batch_size=32,
-        max_seconds=1.0,
-        learning_rate=1e-3,
+        steps=240,
+        batch_size=16,
+        backbone_frozen_steps=80,
         test_utterances=160,
         bootstrap_resamples=2000,
     ),
     "quick": Budget(
-        steps=30,
-        batch_size=32,
-        max_seconds=1.0,
-        learning_rate=1e-3,
+        steps=12,
+        batch_size=16,
+        backbone_frozen_steps=4,
         test_utterances=32,
         bootstrap_resamples=1000,
     ),
@@ -326,8 +324,7 @@ def train_args(variant: str, seed: int, budget: Budget, out: Path, progress: boo
         *("--variant", variant, "--seed", str(seed), "--output_dir", str(out)),
         *("--max_steps", str(budget.steps)),
         *("--per_device_train_batch_size", str(budget.batch_size)),
-        *("--max_train_seconds", str(budget.max_seconds)),
-        *("--learning_rate", str(budget.learning_rate)),
+        *("--backbone_frozen_steps", str(budget.backbone_frozen_steps)),
         *("--eval_strategy", "no", "--load_best_model_at_end", "False"),
         *("--save_strategy", "no", "--do_predict", "False", "--report_to", "none"),
         *("--logging_steps", str(max(1, budget.steps // 5))),
@@ -345,12 +342,15 @@ def training_settings(budget: Budget) -> dict[str, Any]:
     )
     return {
         "backbone": model_args.backbone,
-        "tiny_hidden_size": model_args.tiny_hidden_size,
-        "tiny_layers": model_args.tiny_layers,
+        "hidden_size": model_args.hidden_size,
+        "expert_hidden_size": model_args.expert_hidden_size,
         "num_experts": model_args.num_experts,
         "router_top_k": model_args.router_top_k,
         "snr_range": list(data_args.snr_range),
         "clean_prob": data_args.clean_prob,
+        "max_train_seconds": data_args.max_train_seconds,
+        "learning_rate": args.learning_rate,
+        "backbone_learning_rate_factor": args.backbone_learning_rate_factor,
         "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
         "warmup_steps": args.warmup_steps,
         "weight_decay": args.weight_decay,
@@ -690,23 +690,29 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
         "Corpus: the embedded eSpeak NG corpus (synthetic acted emotions, 4 classes; test "
         "speakers never heard in training), seen noises (white, pink, babble, hum) mixed in at "
         "training time, unseen ones (brown, rumble, clicks) only at test time. Every system "
-        "starts from the same from-scratch tiny WavLM-style backbone "
-        f"({settings['tiny_layers']} layers, {settings['tiny_hidden_size']} wide; "
+        "starts from the same pretrained encoder, OpenAI's Whisper tiny.en "
+        f"(`train.py --backbone {settings['backbone']}`, the packaged offline weights; MERIT "
+        f"layers {settings['hidden_size']} / {settings['expert_hidden_size']} wide, "
         f"{settings['num_experts']} experts, top-{settings['router_top_k']} routing for Sparse "
-        "MERIT; `train.py --backbone tiny`: no pretrained SSL model can be downloaded here) "
-        "and is trained by "
-        "`merit.training.main` with one budget: "
-        f"{budget['steps']} steps, batch {budget['batch_size']}, "
-        f"{budget['max_seconds']:g} s crops, learning rate {budget['learning_rate']:g} "
-        f"({settings['lr_scheduler_type']}, warm-up {settings['warmup_steps']:g}, weight decay "
+        "MERIT) and is trained by `merit.training.main` with one budget: "
+        f"{budget['steps']} steps of batch {budget['batch_size']}, the encoder frozen for the "
+        f"first {budget['backbone_frozen_steps']} and then trained at "
+        f"{settings['backbone_learning_rate_factor']:g} x the learning rate "
+        f"{settings['learning_rate']:g}, "
+        + (
+            "whole utterances"
+            if settings["max_train_seconds"] is None
+            else f"{settings['max_train_seconds']:g} s crops"
+        )
+        + f" ({settings['lr_scheduler_type']}, warm-up {settings['warmup_steps']:g}, weight decay "
         f"{settings['weight_decay']:g}), training SNR uniform in "
         f"[{settings['snr_range'][0]:g}, {settings['snr_range'][1]:g}] dB with "
         f"{100 * settings['clean_prob']:g} % clean examples, final weights (no selection on "
         "validation). The cascade classifies the SE-only model's "
         "output with the SER-only model; its SSNR is the SE-only model's.",
         "",
-        "This is a toy-scale, synthetic-speech setting: it is **not** the paper's setup "
-        "(WavLM on MSP-Podcast), and its numbers are not comparable with the paper's.",
+        "This is a small-scale, synthetic-speech setting: it is **not** the paper's setup "
+        "(WavLM-Large on MSP-Podcast), and its numbers are not comparable with the paper's.",
         "",
         "## F1-macro (%), mean ± std over seeds",
         "",
@@ -791,9 +797,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch and BLAS threads (default 1: on a busy 2-core machine 2 threads ran a "
-        "training step 5-20x slower than 1, measured)",
+        default=2,
+        help="torch and BLAS threads (default 2; use 1 when other jobs share the cores: "
+        "oversubscribed threads ran training steps 5-20x slower, measured)",
     )
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)

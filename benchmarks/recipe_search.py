@@ -9,7 +9,8 @@ against 1-second crops.
 
     OMP_NUM_THREADS=2 python benchmarks/recipe_search.py [--steps 300] [--only NAME ...]
 
-Writes ``benchmarks/results/recipe_search.{md,json}``.
+Writes ``benchmarks/results/recipe_search.{md,json}``. A candidate whose run already finished
+in ``--out`` is read back, not retrained (its wall time is then not known).
 """
 
 from __future__ import annotations
@@ -74,10 +75,15 @@ def run(name: str, extra: list[str], steps: int, batch: int, out: Path) -> dict:
         "50",
         *args,
     ]
-    print("$", " ".join(command[1:]), flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT)
-    seconds = time.perf_counter() - start
+    final = out / name / f"checkpoint-{steps}" / "trainer_state.json"
+    seconds = None
+    if final.is_file():  # finished by an earlier invocation: read, do not retrain
+        print(f"reusing {final.parent}", flush=True)
+    else:
+        print("$", " ".join(command[1:]), flush=True)
+        start = time.perf_counter()
+        subprocess.run(command, check=True, cwd=ROOT)
+        seconds = time.perf_counter() - start
     state = json.loads(sorted((out / name).glob("checkpoint-*/trainer_state.json"))[-1].read_text())
     evals = [h for h in state["log_history"] if "eval_f1_macro" in h]
     best = max(evals, key=lambda h: h["eval_f1_macro"])
@@ -88,7 +94,7 @@ def run(name: str, extra: list[str], steps: int, batch: int, out: Path) -> dict:
         "val_f1_macro": best["eval_f1_macro"],
         "val_ssnr": best.get("eval_ssnr"),
         "val_f1_by_step": {h["step"]: round(h["eval_f1_macro"], 4) for h in evals},
-        "seconds": round(seconds, 1),
+        "seconds": None if seconds is None else round(seconds, 1),
     }
 
 
@@ -119,7 +125,9 @@ def main() -> None:
     for r in rows:
         lines.append(
             f"| {r['name']} | `{' '.join(r['args'])}` | {r['val_f1_macro']:.3f} ({r['best_step']}) "
-            f"| {r['val_ssnr']:.2f} | {r['val_f1_by_step']} | {r['seconds']:.0f} |"
+            f"| {r['val_ssnr']:.2f} | {r['val_f1_by_step']} | "
+            + ("earlier run" if r["seconds"] is None else f"{r['seconds']:.0f}")
+            + " |"
         )
     print("\n".join(lines))
     write_report(RESULTS / "recipe_search.md", lines)

@@ -49,6 +49,7 @@ from merit.runs import (
     parse_arguments,
     train_module,
 )
+from modeling_merit.backbones_merit import backbone_family
 from modeling_merit.configuration_merit import SUPPORTED_BACKBONES, backbone_frame_geometry
 from modeling_merit.modeling_merit import backbone_hidden_states, normalize_waveforms
 
@@ -209,7 +210,7 @@ class MultiLevelDistiller(nn.Module):
         *,
         head: str = "linear",
         cos_weight: float = 1.0,
-        normalize: bool = True,
+        normalize: bool | None = None,
     ) -> None:
         super().__init__()
         for name, model in (("teacher", teacher), ("student", student)):
@@ -225,7 +226,9 @@ class MultiLevelDistiller(nn.Module):
             for _ in self.teacher_layers
         )
         self.cos_weight = cos_weight
-        self.normalize = normalize
+        # As MeritModel does for the family: z-normalised waveforms for WavLM / wav2vec 2.0 /
+        # HuBERT, the natural level for Whisper's log-mel front end.
+        self.normalize = teacher.config.model_type != "whisper" if normalize is None else normalize
 
     def train(self, mode: bool = True) -> MultiLevelDistiller:
         super().train(mode)
@@ -302,7 +305,7 @@ def distill(
     torch.manual_seed(training_args.seed)
     student = make_student(teacher, args.student_layers)
     if args.freeze_student_feature_encoder:
-        student.feature_extractor._freeze_parameters()
+        backbone_family(student.config).freeze_feature_encoder(student)
     distiller = MultiLevelDistiller(
         teacher, student, args.teacher_layers, head=args.head, cos_weight=args.cos_weight
     )
