@@ -235,3 +235,24 @@ def test_resolve_checkpoint(tmp_path):
 def test_unknown_teacher_type_is_refused(tmp_path):
     with pytest.raises(ValueError, match="Unsupported backbone"):
         load_backbone("tiny", model_type="bert")
+
+
+def test_companion_methods_read_config_files_like_train_py(tmp_path):
+    """--config FILE works for --method mlkd as for the main method (merit.runs)."""
+    from transformers import TrainingArguments
+
+    from merit.distillation import DistillationArguments
+    from merit.preparation import DataArguments
+    from merit.runs import parse_arguments
+
+    config = tmp_path / "mlkd.yaml"
+    config.write_text("student_layers: 1\nsnr_range: [0, 5]\nmax_steps: 3\n")
+    args, data_args, training_args = parse_arguments(
+        (DistillationArguments, DataArguments, TrainingArguments),
+        ["--config", str(config), "--output_dir", str(tmp_path), "--max_steps", "4"],
+    )
+    assert args.student_layers == 1 and data_args.snr_range == [0, 5]
+    assert training_args.max_steps == 4  # the command line wins
+    config.write_text("studnet_layers: 1\n")
+    with pytest.raises(SystemExit):
+        parse_arguments((DistillationArguments, DataArguments, TrainingArguments), [str(config)])

@@ -284,3 +284,38 @@ def test_backbone_layerdrop_is_disabled_so_every_layer_is_weighted():
     x, mask = make_batch()
     for _ in range(3):
         model(x, attention_mask=mask, labels=torch.tensor([0, 1]), clean_values=x).loss.backward()
+
+
+def test_config_vocabulary_names_heads_tasks_and_geometry():
+    config = make_config(dimension_names=["arousal"])
+    assert config.heads == ["logits", "dimensions", "enhanced_waveform"]
+    assert config.label_names == ["neutral", "happy", "sad", "angry"]
+    assert config.routed_tasks == ["ser", "se"] == config.integration_groups
+    assert config.predicted_dimensions == ["arousal"]
+    assert (config.receptive_field, config.frame_hop) == (400, 320)
+    shared = make_config(routing="shared", tasks=["se"])
+    assert shared.heads == ["enhanced_waveform"] and shared.label_names == []
+    assert shared.routed_tasks == [] and shared.integration_groups == ["shared"]
+    dims_only = make_config(categorical_head=False, dimension_names=["valence"], tasks=["ser"])
+    assert dims_only.heads == ["dimensions"] and dims_only.label_names == []
+    whisper = make_config(backbone_config=minimal_backbone_config("whisper"))
+    assert (whisper.receptive_field, whisper.frame_hop, whisper.min_input_samples) == (
+        1040,
+        320,
+        400,
+    )
+    assert whisper.normalize_input is False and make_config().normalize_input is True
+    model = MeritModel(make_config())
+    assert model.frame_lengths(torch.tensor([16000, 400])).tolist() == [49, 1]
+    with pytest.raises(ValueError, match="integration must be one of"):
+        make_config(integration="concat")
+
+
+def test_wavlm_attention_swap_fails_loudly_if_transformers_renames_it(monkeypatch):
+    """The LoRA-capable attention replaces a WavLMAttention method by name; if a transformers
+    release renames it, building the model must fail, not silently train LoRA on nothing."""
+    from transformers.models.wavlm import modeling_wavlm
+
+    monkeypatch.delattr(modeling_wavlm.WavLMAttention, "torch_multi_head_self_attention")
+    with pytest.raises(RuntimeError, match="must be updated"):
+        make_model()
