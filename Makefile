@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# accelerate picks the device: a GPU when there is one, the CPU otherwise.
 train: venv
-	$(VENV)/bin/accelerate launch --num_processes 1 --cpu train.py $(ARGS)
+	$(VENV)/bin/accelerate launch --num_processes 1 train.py $(ARGS)
 
 test: venv
 	$(PY) -m pytest -q $(ARGS)

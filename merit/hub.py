@@ -75,7 +75,6 @@ SPACE_FILES = (
     "modeling_merit/heads_merit.py",
 )
 #: Training leftovers that do not belong in a model repository.
-IGNORE_PATTERNS = ("checkpoint-*", "runs", "*.pt", "*.bin", "*.tmp", ".*", "__pycache__")
 
 VARIANT_DESCRIPTIONS = {
     "sparse": "Sparse MERIT: each frame goes to the top-k experts of its task's gate.",
@@ -386,16 +385,44 @@ def verify_standalone(model_dir: str | os.PathLike, *, timeout: float = 600) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def _ignored(relative: Path) -> bool:
-    return any(
-        fnmatch.fnmatch(part, pattern) for part in relative.parts for pattern in IGNORE_PATTERNS
-    )
+#: What a model repository gets: the loadable model (:data:`MODEL_FILES`), its card, and the
+#: evaluation it reports. Anything else in the folder (tokens, credentials, logs, checkpoints,
+#: notes) is never uploaded, whatever its name.
+UPLOAD_PATTERNS = (
+    *MODEL_FILES,
+    "README.md",
+    "results.json",
+    "evaluation/*.md",
+    "evaluation/*.csv",
+    "evaluation/*.png",
+)
 
 
-def _model_files(model_dir: Path) -> list[Path]:
-    """Files of ``model_dir`` to upload (relative paths), without training leftovers."""
-    files = [p.relative_to(model_dir) for p in sorted(model_dir.rglob("*")) if p.is_file()]
-    return [p for p in files if not _ignored(p)]
+def plan_model_upload(model_dir: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """The files of ``model_dir`` that :func:`publish` uploads, and those it leaves out.
+
+    An allow-list (:data:`UPLOAD_PATTERNS`), not a deny-list: a stray ``token.txt`` or
+    ``credentials.json`` is left out because it is not a model file, not because its name was
+    foreseen. Symbolic links are never followed or uploaded (a link can point anywhere, a
+    private key included); they are listed as left out.
+    """
+    model_dir = Path(model_dir)
+    uploaded, left_out = [], []
+    for path in sorted(model_dir.rglob("*")):
+        relative = path.relative_to(model_dir)
+        if path.is_symlink() or any(
+            parent.is_symlink() for parent in path.parents if model_dir in parent.parents
+        ):
+            left_out.append(relative)
+            continue
+        if not path.is_file():
+            continue
+        name = relative.as_posix()
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in UPLOAD_PATTERNS):
+            uploaded.append(relative)
+        else:
+            left_out.append(relative)
+    return uploaded, left_out
 
 
 def _space_readme(model_id: str, title: str) -> str:
@@ -496,7 +523,7 @@ def publish(
         )
     operations = [
         CommitOperationAdd(path_in_repo=rel.as_posix(), path_or_fileobj=str(model_dir / rel))
-        for rel in _model_files(model_dir)
+        for rel in plan_model_upload(model_dir)[0]
         if rel.as_posix() != "README.md"
     ]
     operations.append(
@@ -547,7 +574,30 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--endpoint", default=None, help="Hub URL (default: $HF_ENDPOINT or the Hub)")
     pub.add_argument("--token", default=None, help="access token (default: $HF_TOKEN / login)")
     pub.add_argument("--examples-dir", default=None, help="example clips folder for the Space")
+    pub.add_argument(
+        "--yes", action="store_true", help="upload without asking (the file list is still shown)"
+    )
     args = parser.parse_args(argv)
+    model_dir = Path(args.model_dir)
+    if model_dir.is_dir():
+        uploaded, left_out = plan_model_upload(model_dir)
+        visibility = "private" if args.private else "PUBLIC"
+        print(f"To upload to the {visibility} model repo {args.repo_id}:")
+        for rel in uploaded:
+            print(f"  {rel.as_posix()}")
+        if left_out:
+            print("Not uploaded (not model files, or symbolic links):")
+            for rel in left_out:
+                print(f"  {rel.as_posix()}")
+        if args.space_id:
+            print(f"and the demo's files to the {visibility} Space {args.space_id}.")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print("error: nothing uploaded; pass --yes to confirm", file=sys.stderr)
+                return 2
+            if input("Upload these files? [y/N] ").strip().lower() not in ("y", "yes"):
+                print("nothing uploaded")
+                return 1
     try:
         urls = publish(
             args.model_dir,

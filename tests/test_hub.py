@@ -447,3 +447,50 @@ def test_cli_reports_missing_files(tmp_path, capsys):
     code = hub.main(["publish", "--model-dir", str(tmp_path / "empty"), "--repo-id", "a/b"])
     assert code == 1
     assert "missing config.json, model.safetensors" in capsys.readouterr().err
+
+
+def test_publish_uploads_only_model_files_never_secrets_or_links(model_dir, fake_hub, tmp_path):
+    """A hostile folder: credentials beside the model and a link to a private key. Only the
+    allow-listed model files go up; the CLI shows the list and needs --yes without a tty."""
+    folder = tmp_path / "with-secrets"
+    shutil.copytree(model_dir, folder)
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN PRIVATE KEY-----")
+    for name in ("token.txt", "hf_token", "secrets.json", "credentials.json"):
+        (folder / name).write_text("hf_secret")
+    (folder / "wandb").mkdir()
+    (folder / "wandb" / "settings").write_text("api_key=secret")
+    (folder / "evaluation").mkdir(exist_ok=True)
+    (folder / "evaluation" / "table.md").write_text("| a |")
+    (folder / "key.pem").symlink_to(secret)
+    (folder / "linked").symlink_to(tmp_path, target_is_directory=True)
+    (folder / "results.json").write_text("{}")
+
+    uploaded, left_out = hub.plan_model_upload(folder)
+    names = {p.as_posix() for p in uploaded}
+    assert names == set(hub.MODEL_FILES) | {"README.md", "results.json", "evaluation/table.md"}
+    assert {"token.txt", "hf_token", "secrets.json", "credentials.json", "wandb/settings"} <= {
+        p.as_posix() for p in left_out
+    }
+    assert {"key.pem", "linked"} <= {p.as_posix() for p in left_out}
+
+    publish(folder, "alice/safe", endpoint=fake_hub.url, token="hf_fake_token")
+    files = fake_hub.files[("model", "alice/safe")]
+    assert set(files) == names
+    assert not any(b"secret" in content or b"PRIVATE KEY" in content for content in files.values())
+
+    before = list(fake_hub.requests)
+    code = hub.main(
+        [
+            "publish",
+            "--model-dir",
+            str(folder),
+            "--repo-id",
+            "alice/other",
+            "--endpoint",
+            fake_hub.url,
+            "--token",
+            "hf_fake_token",
+        ]
+    )  # stdin is not a terminal under pytest: refused without --yes
+    assert code == 2 and fake_hub.requests == before
