@@ -41,10 +41,38 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
+def _read_config_json(text: str, path: Path) -> dict:
+    """The folder's or Hub repo's ``config.json`` as plain JSON: nothing of the folder runs."""
+    import json
+
+    if path.exists():
+        config_file = path / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config_file = Path(hf_hub_download(text, "config.json"))
+        except Exception as err:  # noqa: BLE001 - offline, no such repo, no access: one message
+            raise FileNotFoundError(
+                f"Model '{text}' is neither a local folder nor a Hub model that can be "
+                "downloaded. Train and save one with `python train.py`, then pass its output "
+                "folder."
+            ) from err
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"'{text}': config.json is not readable JSON ({err})") from err
+
+
 def load_model(
-    model_id_or_path: str, device: str | torch.device = "cpu"
+    model_id_or_path: str, device: str | torch.device = "cpu", *, trust_remote_code: bool = False
 ) -> tuple[MeritModel, MeritFeatureExtractor]:
     """Load a saved MERIT model and its feature extractor, ready for inference (eval mode).
+
+    The config is read as JSON first and anything that is not a MERIT model is refused before
+    a line of its code could run. A MERIT model is then built with this package's own model
+    code, not the code files the folder or Hub repo carries; ``trust_remote_code=True`` runs
+    those instead (only for a source you trust).
 
     Raises:
         FileNotFoundError: no such folder, and not a Hub model that can be fetched (the message
@@ -62,18 +90,20 @@ def load_model(
                 "writes one."
             )
         text = str(path)
+    model_type = _read_config_json(text, path).get("model_type")
+    if model_type != "merit":
+        raise ValueError(
+            f"'{text}' holds a '{model_type}' model, not a MERIT model; nothing of it was run."
+        )
     try:
-        model = AutoModel.from_pretrained(text, trust_remote_code=True)
+        model = AutoModel.from_pretrained(text, trust_remote_code=trust_remote_code)
+        feature_extractor = AutoFeatureExtractor.from_pretrained(
+            text, trust_remote_code=trust_remote_code
+        )
     except OSError as err:
         if path.exists():
             raise
-        raise FileNotFoundError(
-            f"Model '{text}' is neither a local folder nor a Hub model that can be downloaded. "
-            "Train and save one with `python train.py`, then pass its output folder."
-        ) from err
-    if getattr(model.config, "model_type", None) != "merit":
-        raise ValueError(f"'{text}' holds a '{model.config.model_type}' model, not a MERIT model.")
-    feature_extractor = AutoFeatureExtractor.from_pretrained(text, trust_remote_code=True)
+        raise FileNotFoundError(f"Model '{text}' could not be downloaded: {err}") from err
     return model.to(device).eval(), feature_extractor
 
 

@@ -235,3 +235,33 @@ def test_load_model_round_trip_and_missing_folder(tmp_path, model):
     assert analyze(loaded, extractor, audio, SR).probabilities == pytest.approx(
         analyze(model, None, audio, SR).probabilities, abs=1e-6
     )
+
+
+def test_load_model_never_runs_code_a_folder_carries(tmp_path, tiny_model):
+    """A non-MERIT folder is refused from its config.json alone; a MERIT folder whose code
+    files were tampered with loads with this package's code (the tampered files never run)."""
+    from merit.inference import load_model
+    from modeling_merit import MeritFeatureExtractor
+
+    sentinel = tmp_path / "ran"
+    payload = f"open({str(sentinel)!r}, 'w').write('pwned')\n"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "config.json").write_text(
+        '{"model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig",'
+        ' "AutoModel": "modeling_evil.EvilModel"}}'
+    )
+    (evil / "configuration_evil.py").write_text(payload)
+    (evil / "modeling_evil.py").write_text(payload)
+    with pytest.raises(ValueError, match="'evil' model, not a MERIT model"):
+        load_model(str(evil))
+    assert not sentinel.exists()
+
+    folder = tmp_path / "merit"
+    tiny_model.save_pretrained(folder)
+    MeritFeatureExtractor().save_pretrained(folder)
+    for name in ("modeling_merit.py", "configuration_merit.py"):
+        (folder / name).write_text(payload)
+    model, _ = load_model(str(folder))
+    assert not sentinel.exists()
+    assert type(model).__module__.startswith("modeling_merit")  # this package's code
