@@ -171,6 +171,46 @@ def _configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output file and existing enhanced files (never an input)",
+    )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_outputs(
+    inputs: list[_Input], source: Path, output: Path, enhanced_dir: Path | None, overwrite: bool
+) -> None:
+    """Refuse, before any work, outputs that would destroy an input or an existing file.
+
+    Inputs are never overwritten, ``--overwrite`` or not: the results file may not be the
+    manifest or an input recording, and enhanced audio may not go into the input folder (it
+    would replace the recordings by their 16 kHz enhanced copies) or hold an input.
+    """
+    protected = {item.path.resolve() for item in inputs} | {source.resolve()}
+    if output.resolve() in protected:
+        raise ValueError(f"--output {output} is an input; choose another file.")
+    if output.exists() and not overwrite:
+        raise ValueError(f"--output {output} exists; pass --overwrite to replace it.")
+    if enhanced_dir is not None:
+        if source.is_dir() and (_inside(enhanced_dir, source) or _inside(source, enhanced_dir)):
+            raise ValueError(
+                f"--enhanced-dir {enhanced_dir} overlaps the input folder {source}: enhanced "
+                "copies would replace or mix with the recordings; choose a separate folder."
+            )
+        inside = [item.name for item in inputs if _inside(item.path, enhanced_dir)]
+        if inside:
+            raise ValueError(
+                f"--enhanced-dir {enhanced_dir} holds input files ({', '.join(inside[:3])}); "
+                "choose a separate folder."
+            )
+        if _inside(output, enhanced_dir) and output.suffix.lower() == ".wav":
+            raise ValueError("--output may not be a WAV file inside --enhanced-dir.")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -187,9 +227,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     if not inputs:
         print(f"No audio files found in '{args.input}'.", file=sys.stderr)
         return 2
+    enhanced_dir = Path(args.enhanced_dir) if args.enhanced_dir else None
+    check_outputs(inputs, Path(args.input), output, enhanced_dir, args.overwrite)
     model, feature_extractor = load_model(args.model, device=args.device)
     labels, dims = model.config.label_names, model.config.predicted_dimensions
-    enhanced_dir = Path(args.enhanced_dir) if args.enhanced_dir else None
     written: set[Path] = set()
     rate = int(model.config.sampling_rate)
 
@@ -217,6 +258,10 @@ def _run_predict(args: argparse.Namespace) -> int:
                 )
                 if enhanced_dir is not None and result.enhanced is not None:
                     target = _mirror(enhanced_dir, item.name, written)
+                    if target.exists() and not args.overwrite:
+                        raise FileExistsError(
+                            f"{target} exists (not overwritten; --overwrite replaces it)"
+                        )
                     write_audio(target, result.enhanced, result.sampling_rate)
                     record["enhanced"] = str(target)
                 record["error"] = None
@@ -232,7 +277,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         print(f"{len(failures)} file(s) failed:", file=sys.stderr)
         for name, message in failures:
             print(f"  {name}: {message}", file=sys.stderr)
-    return 0 if succeeded else 1
+    # Non-zero when anything failed, so scripts notice: 1 if some files failed, 1 also when
+    # all did (the failures are listed above either way).
+    return 0 if not failures else 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_folder_to_csv_reports_the_corrupt_file_and_goes_on(model_dir, audio_dir
     argv = ["predict", "--model", str(model_dir), "--input", str(audio_dir)]
     argv += ["--output", str(output), "--enhanced-dir", str(enhanced), "--chunk-seconds", "1"]
     argv += ["--overlap-seconds", "0.2", "--no-progress"]
-    assert cli.main(argv) == 0
+    assert cli.main(argv) == 1  # the batch went on, and the exit code reports the failure
     stderr = capsys.readouterr().err
     assert "2 of 3 files analysed" in stderr and "corrupt.wav" in stderr
 
@@ -70,7 +70,8 @@ def test_manifest_to_jsonl(model_dir, audio_dir, tmp_path):
     )
     output = tmp_path / "out" / "results.jsonl"
     argv = ["predict", "--model", str(model_dir), "--input", str(manifest)]
-    assert cli.main([*argv, "--output", str(output), "--no-progress"]) == 0
+    # One file of three is missing: the other two are analysed, the exit code says it.
+    assert cli.main([*argv, "--output", str(output), "--no-progress"]) == 1
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["file"] for r in records] == [
         "audio/sub/low.flac",
@@ -142,3 +143,53 @@ def test_subcommand_registry(capsys):
     finally:
         cli._SUBCOMMANDS.pop("echo-test")
     assert {"predict", "export-onnx"} <= set(cli._SUBCOMMANDS)
+
+
+def test_predict_never_overwrites_inputs_or_existing_files(model_dir, audio_dir, tmp_path, capsys):
+    """--enhanced-dir inside the input folder, --output equal to the manifest or an existing
+    file: refused (exit 2, one line) before any work, and the files are left byte-identical."""
+    before = {p: p.read_bytes() for p in audio_dir.rglob("*") if p.is_file()}
+    argv = ["predict", "--model", str(model_dir), "--no-progress"]
+
+    def refused(extra: list[str], message: str) -> None:
+        assert cli.main([*argv, *extra]) == 2
+        assert message in capsys.readouterr().err
+
+    results = str(tmp_path / "r.csv")
+    folder = ["--input", str(audio_dir), "--output", results]
+    refused([*folder, "--enhanced-dir", str(audio_dir)], "overlaps the input folder")
+    refused([*folder, "--enhanced-dir", str(audio_dir / "sub")], "overlaps the input folder")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path\n{audio_dir / 'stereo.wav'}\n")
+    kept = manifest.read_bytes()
+    refused(["--input", str(manifest), "--output", str(manifest), "--overwrite"], "is an input")
+    existing = tmp_path / "old.csv"
+    existing.write_text("precious")
+    refused(["--input", str(manifest), "--output", str(existing)], "exists; pass --overwrite")
+    assert existing.read_text() == "precious" and manifest.read_bytes() == kept
+    assert {p: p.read_bytes() for p in audio_dir.rglob("*") if p.is_file()} == before
+
+    # An enhanced file already there is kept and reported, unless --overwrite.
+    out = tmp_path / "enh"
+
+    def run(name: str, *extra: str) -> int:
+        return cli.main(
+            [
+                *argv,
+                "--input",
+                str(manifest),
+                "--output",
+                str(tmp_path / name),
+                "--enhanced-dir",
+                str(out),
+                *extra,
+            ]
+        )
+
+    assert run("a.csv") == 0
+    written = next(out.rglob("*.wav"))
+    written.write_bytes(b"mine")
+    assert run("b.csv") == 1
+    assert written.read_bytes() == b"mine"
+    assert run("c.csv", "--overwrite") == 0
+    assert written.read_bytes() != b"mine"
