@@ -309,8 +309,16 @@ def run_adapter(
             training_args(work, name, budget.finetune_steps, budget, cli),
         )
         models[name] = MeritModel.from_pretrained(folder)
+    # The default run's two stages: encoder frozen for the first third, then at 0.1 x the rate.
     models["sparse-merit"] = train_with_train_py(
-        work, "sparse-merit", teacher_dir, "sparse", total, budget, cli
+        work,
+        "sparse-merit",
+        teacher_dir,
+        "sparse",
+        total,
+        budget,
+        cli,
+        *("--backbone_frozen_steps", str(total // 3), "--backbone_learning_rate_factor", "0.1"),
     )
     return {"total_steps": total}, models
 
@@ -383,7 +391,8 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
         f"local attributes), then fine-tuned {budget.finetune_steps} steps, encoder frozen; "
         "`adapter` = SER only, `adapter-merit` = the MERIT option (SER + SE, sparse routing). "
         f"`sparse-merit`: Sparse MERIT by `train.py --variant sparse` (SER + SE, convolutions "
-        "frozen, transformer fine-tuned) trained "
+        "frozen; the encoder frozen for the first third of the steps, then fine-tuned at 0.1 x "
+        "the learning rate) trained "
         f"{report['adapter']['total_steps']} steps, the same total.",
         "",
         summary_table(result, adapter_systems),
