@@ -193,7 +193,7 @@ WHISPER_SIZES = {
     "base": dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048),
 }
 #: The MERIT layer sizes the default Whisper tiny.en run uses (merit.training).
-WHISPER_MERIT_SIZES = dict(hidden_size=128, expert_hidden_size=256)
+WHISPER_MERIT_SIZES = dict(hidden_size=256, expert_hidden_size=512)
 
 
 class WhisperFloor(torch.nn.Module):
