@@ -16,9 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# accelerate picks the device: a GPU when there is one, the CPU otherwise.
+# accelerate picks the device: a GPU when there is one, the CPU otherwise. Without --cpu it
+# would run a CPU job on one thread (its default); all cores for the one process instead.
+THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 train: venv
-	$(VENV)/bin/accelerate launch --num_processes 1 train.py $(ARGS)
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_cpu_threads_per_process $(THREADS) \
+		train.py $(ARGS)
 
 test: venv
 	$(PY) -m pytest -q $(ARGS)
