@@ -120,15 +120,15 @@ class DemoModel:
             return f"**Model not loaded.** {self.error}"
         config = self.model.config
         tasks = " + ".join(t.upper() for t in config.tasks)
-        labels = ", ".join(config.id2label[i] for i in range(config.num_labels))
         routing = (
             f"{config.routing} routing, {config.num_experts} experts"
-            if config.routing != "shared"
+            if config.routed_tasks
             else "shared layer, no experts"
         )
-        parts = [f"**Model:** `{self.source}`", tasks, routing]
-        if "ser" in config.tasks and config.categorical_head:
-            parts.append(f"emotions: {labels}")
+        backbone = config.backbone_config.model_type
+        parts = [f"**Model:** `{self.source}`", tasks, routing, f"{backbone} backbone"]
+        if config.label_names:
+            parts.append(f"emotions: {', '.join(config.label_names)}")
         return " · ".join(parts)
 
 

@@ -58,6 +58,7 @@ __all__ = [
     "SAMPLE_RATE",
     "SEEN_NOISES",
     "SENTENCES",
+    "render_speech",
     "SPLITS",
     "UNSEEN_NOISES",
     "EspeakEngine",
@@ -750,10 +751,16 @@ def _render_utterance(
         rate_offset=speaker.rate_offset,
         range_offset=speaker.range_offset,
     )
-    audio = _synthesize_native(
-        SENTENCES[sentence], speaker.voice.name, prosody, int(rng.integers(2**31))
-    )
-    return _apply_tilt(audio, prosody.tilt) * _CORPUS_GAIN, prosody
+    audio = render_speech(SENTENCES[sentence], speaker.voice.name, prosody, int(rng.integers(2**31)))
+    return audio, prosody
+
+
+def render_speech(text: str, voice: str, prosody: Prosody, seed: int = 0) -> np.ndarray:
+    """One utterance as the corpus renders it: eSpeak NG with ``prosody``, its spectral tilt,
+    and the corpus' headroom gain. For building held-out material (other voices, sentences)
+    in the corpus' style."""
+    audio = _synthesize_native(text, voice, prosody, seed)
+    return _apply_tilt(audio, prosody.tilt) * _CORPUS_GAIN
 
 
 #: Dimensional ratings on MSP-Podcast's 1-7 scale: class centres (arousal, valence, dominance).
