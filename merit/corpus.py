@@ -751,7 +751,9 @@ def _render_utterance(
         rate_offset=speaker.rate_offset,
         range_offset=speaker.range_offset,
     )
-    audio = render_speech(SENTENCES[sentence], speaker.voice.name, prosody, int(rng.integers(2**31)))
+    audio = render_speech(
+        SENTENCES[sentence], speaker.voice.name, prosody, int(rng.integers(2**31))
+    )
     return audio, prosody
 
 

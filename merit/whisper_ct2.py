@@ -233,34 +233,32 @@ def ctranslate2_to_whisper(
             if name != "k_proj":
                 state[f"{prefix}.{name}.bias"] = bias[index * size : (index + 1) * size]
 
+    def self_attention_and_ffn(dst: str, src: str) -> None:
+        """What encoder and decoder layers share: self-attention, feed-forward, their norms."""
+        fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
+        linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
+        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
+        linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
+        linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
+        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
+
     enc, dec = "model.encoder", "model.decoder"
     for conv in ("conv1", "conv2"):
         linear(f"{enc}.{conv}", f"encoder/{conv}")
     state[f"{enc}.embed_positions.weight"] = get("encoder/position_encodings/encodings")
     norm(f"{enc}.layer_norm", "encoder/layer_norm")
     for i in range(config.encoder_layers):
-        src, dst = f"encoder/layer_{i}", f"{enc}.layers.{i}"
-        fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
-        linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
-        linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
-        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
+        self_attention_and_ffn(f"{enc}.layers.{i}", f"encoder/layer_{i}")
     state[f"{dec}.embed_tokens.weight"] = get("decoder/embeddings/weight")
     state[f"{dec}.embed_positions.weight"] = get("decoder/position_encodings/encodings")
     norm(f"{dec}.layer_norm", "decoder/layer_norm")
     for i in range(config.decoder_layers):
         src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
-        fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
-        linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
+        self_attention_and_ffn(dst, src)
         linear(f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")
         fused(f"{dst}.encoder_attn", f"{src}/attention/linear_1", ("k_proj", "v_proj"))
         linear(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
         norm(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
-        linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
-        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
     state["proj_out.weight"] = get("decoder/embeddings/weight")
     return config, state
 

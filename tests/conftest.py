@@ -45,6 +45,26 @@ def make_batch(lengths=(8000, 6000), seed: int = 0) -> tuple[torch.Tensor, torch
     return x * mask, mask
 
 
+def assert_padded_batch_equals_one_by_one(model: MeritModel, lengths=(8000, 5123, 6400)) -> None:
+    """Logits, enhanced audio (zero past the end) and routing of a padded batch equal each
+    utterance run alone: padding must never reach what a real sample sees."""
+    x, mask = make_batch(lengths=lengths)
+    with torch.no_grad():
+        together = model(x, attention_mask=mask)
+        for i, n in enumerate(mask.sum(-1).tolist()):
+            alone = model(x[i : i + 1, :n])
+            close = dict(atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(alone.logits, together.logits[i : i + 1], **close)
+            torch.testing.assert_close(
+                alone.enhanced_waveform, together.enhanced_waveform[i : i + 1, :n], **close
+            )
+            assert together.enhanced_waveform[i, n:].abs().sum().item() == 0.0
+            frames = alone.frame_mask.shape[1]
+            assert int(together.frame_mask[i].sum()) == frames
+            for task, indices in (alone.routing_indices or {}).items():
+                assert torch.equal(indices[0], together.routing_indices[task][i, :frames])
+
+
 @pytest.fixture
 def tiny_model() -> MeritModel:
     return make_model().eval()

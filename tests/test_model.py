@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_batch, make_config, make_model
+from conftest import assert_padded_batch_equals_one_by_one, make_batch, make_config, make_model
 
 from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, minimal_backbone_config
 from modeling_merit.mixture_merit import MeritMixtureOfExperts
@@ -117,26 +117,7 @@ def test_padded_batch_equals_one_by_one(backbone, norm):
         )
     )
     torch.manual_seed(0)
-    model = MeritModel(config).eval()
-    x, mask = make_batch(lengths=(8000, 5123, 6400))
-    with torch.no_grad():
-        together = model(x, attention_mask=mask)
-        for i, n in enumerate(mask.sum(-1).tolist()):
-            alone = model(x[i : i + 1, :n])
-            torch.testing.assert_close(
-                alone.logits, together.logits[i : i + 1], atol=1e-5, rtol=1e-4
-            )
-            torch.testing.assert_close(
-                alone.enhanced_waveform,
-                together.enhanced_waveform[i : i + 1, :n],
-                atol=1e-5,
-                rtol=1e-4,
-            )
-            assert (
-                together.enhanced_waveform[i, n:].abs().max().item() == 0.0
-                if n < x.shape[1]
-                else True
-            )
+    assert_padded_batch_equals_one_by_one(MeritModel(config).eval())
 
 
 def test_enhancement_head_reconstructs_like_torch_istft():

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_batch, make_config
+from conftest import assert_padded_batch_equals_one_by_one, make_batch, make_config
 from transformers import (
     WhisperFeatureExtractor,
     WhisperForAudioClassification,
@@ -78,26 +78,7 @@ def test_encoder_on_30_seconds_equals_transformers_encoder():
 
 
 def test_padded_batch_equals_one_by_one_on_whisper():
-    model = whisper_model().eval()
-    x, mask = make_batch(lengths=(8000, 5123, 6400))
-    with torch.no_grad():
-        together = model(x, attention_mask=mask)
-        for i, n in enumerate(mask.sum(-1).tolist()):
-            alone = model(x[i : i + 1, :n])
-            torch.testing.assert_close(
-                alone.logits, together.logits[i : i + 1], atol=1e-5, rtol=1e-4
-            )
-            torch.testing.assert_close(
-                alone.enhanced_waveform,
-                together.enhanced_waveform[i : i + 1, :n],
-                atol=1e-5,
-                rtol=1e-4,
-            )
-            frames = alone.frame_mask.shape[1]
-            assert int(together.frame_mask[i].sum()) == frames
-            assert torch.equal(
-                alone.routing_indices["ser"][0], together.routing_indices["ser"][i, :frames]
-            )
+    assert_padded_batch_equals_one_by_one(whisper_model().eval())
 
 
 def test_whisper_model_trains_and_refuses_more_than_30_seconds():
