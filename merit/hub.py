@@ -579,25 +579,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     model_dir = Path(args.model_dir)
-    if model_dir.is_dir():
-        uploaded, left_out = plan_model_upload(model_dir)
-        visibility = "private" if args.private else "PUBLIC"
-        print(f"To upload to the {visibility} model repo {args.repo_id}:")
-        for rel in uploaded:
+    try:
+        _check_model_files(model_dir)  # a folder that cannot be published fails before asking
+    except PublishError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    uploaded, left_out = plan_model_upload(model_dir)
+    visibility = "private" if args.private else "PUBLIC"
+    print(f"To upload to the {visibility} model repo {args.repo_id}:")
+    for rel in uploaded:
+        print(f"  {rel.as_posix()}")
+    if left_out:
+        print("Not uploaded (not model files, or symbolic links):")
+        for rel in left_out:
             print(f"  {rel.as_posix()}")
-        if left_out:
-            print("Not uploaded (not model files, or symbolic links):")
-            for rel in left_out:
-                print(f"  {rel.as_posix()}")
-        if args.space_id:
-            print(f"and the demo's files to the {visibility} Space {args.space_id}.")
-        if not args.yes:
-            if not sys.stdin.isatty():
-                print("error: nothing uploaded; pass --yes to confirm", file=sys.stderr)
-                return 2
-            if input("Upload these files? [y/N] ").strip().lower() not in ("y", "yes"):
-                print("nothing uploaded")
-                return 1
+    if args.space_id:
+        print(f"and the demo's files to the {visibility} Space {args.space_id}.")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("error: nothing uploaded; pass --yes to confirm", file=sys.stderr)
+            return 2
+        if input("Upload these files? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing uploaded")
+            return 1
     try:
         urls = publish(
             args.model_dir,

@@ -72,7 +72,9 @@ def test_variants_build_the_matching_configs():
     }
     for variant, (routing, tasks) in expected.items():
         assert variant_config_kwargs(variant) == {"routing": routing, "tasks": tasks}
-        args = ModelArguments(variant=variant, tiny_hidden_size=32, tiny_layers=1, num_experts=4)
+        args = ModelArguments(
+            variant=variant, backbone="tiny", tiny_hidden_size=32, tiny_layers=1, num_experts=4
+        )
         model = build_model(args, LABELS)
         assert (model.config.routing, model.config.tasks) == (routing, tasks)
         assert (model.ser_head is not None) == ("ser" in tasks)
