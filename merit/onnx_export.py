@@ -81,9 +81,7 @@ class DFTEnhancementHead(nn.Module):
         """``MeritSEHead.istft``: overlap-add of each utterance's own frames, window-normalised."""
         hop = self.head.hop_length
         frames = real.shape[-1]
-        valid = (torch.arange(frames, device=real.device)[None, :] <= (lengths // hop)[:, None]).to(
-            real.dtype
-        )[:, None, :]
+        valid = self.head.valid_stft_frames(lengths, frames).to(real.dtype)[:, None, :]
         spec = torch.cat([real, imag], 1) * valid
         signal = F.conv_transpose1d(spec, self.synthesis, stride=hop)[:, 0]
         norm = F.conv_transpose1d(valid, self.envelope, stride=hop)[:, 0]
