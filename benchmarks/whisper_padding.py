@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -100,7 +101,10 @@ def main() -> None:
     family = WhisperEncoderBackbone(WhisperConfig.from_pretrained(folder))
     encoder = family.build().eval()
     encoder.load_state_dict(family.load_pretrained(folder)[1])
-    report: dict = {"command": "python benchmarks/" + " ".join(sys.argv), "layers": {}}
+    report: dict = {
+        "command": "python benchmarks/" + " ".join([Path(__file__).name, *sys.argv[1:]]),
+        "layers": {},
+    }
     features, seconds = {}, {}
     for mode in ("actual", "padded"):
         start = time.perf_counter()
