@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from merit.audio import AudioError, audio_info, load_audio, prepare_waveform, write_audio
+from merit.audio import (
+    MIN_SPEECH_SECONDS,
+    SILENCE_DBFS,
+    AudioError,
+    audio_info,
+    load_audio,
+    prepare_waveform,
+    speech_absence,
+    write_audio,
+)
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -202,8 +211,17 @@ def read_audio_input(
             raise InputError(f"Unusable audio: {str(err).replace(str(path), path.name)}") from err
     else:
         raise InputError(f"Unsupported audio input of type {type(audio).__name__}.")
-    if not np.any(waveform):
-        raise InputError("The audio is silent (every sample is zero): nothing to analyse.")
+    reason = speech_absence(waveform, target_sr)
+    if reason == "too short":
+        raise InputError(
+            f"The audio is too short ({waveform.shape[0] / target_sr:.3f} s): at least "
+            f"{MIN_SPEECH_SECONDS:g} s are needed to judge emotion."
+        )
+    if reason == "no speech":
+        raise InputError(
+            f"No speech: the audio is silent or nearly so (never louder than {SILENCE_DBFS:g} "
+            "dBFS over 25 ms), so there is nothing to analyse."
+        )
     return waveform
 
 

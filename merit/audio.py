@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,18 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+# The silence / too-short gate lives with the model code, so the pipeline a saved model carries
+# (``pipeline_merit``) answers such input exactly as the package does.
+from modeling_merit.audio_merit import MIN_SPEECH_SECONDS, SILENCE_DBFS, speech_absence
+
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "MIN_SPEECH_SECONDS",
+    "SILENCE_DBFS",
     "AudioError",
+    "AudioWarning",
     "audio_info",
+    "speech_absence",
     "check_waveform",
     "load_audio",
     "prepare_waveform",
@@ -39,6 +48,66 @@ AudioSource = str | os.PathLike | bytes | Mapping[str, Any]
 
 class AudioError(ValueError):
     """Unreadable, corrupt, empty or non-finite audio; the message names the file."""
+
+
+class AudioWarning(UserWarning):
+    """Audio that could be read but not as its file describes it (e.g. a truncated WAV)."""
+
+
+#: Bytes per sample of the uncompressed subtypes: a file of these cannot hold more samples than
+#: its size allows, whatever its header claims.
+_SAMPLE_BYTES = {
+    "PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4,
+    "FLOAT": 4, "DOUBLE": 8,
+}  # fmt: skip
+
+#: Compressed audio (FLAC, OGG, MP3) of digital silence packs a few hundred samples per byte;
+#: a header promising far more than this is lying (a 32 KB file "holding" hours of audio).
+_MAX_SAMPLES_PER_BYTE = 2000
+
+
+def _wav_declared_data_bytes(path: Path) -> tuple[int, int] | None:
+    """``(declared, available)`` bytes of a RIFF/WAVE file's ``data`` chunk, else ``None``."""
+    with path.open("rb") as handle:
+        head = handle.read(1 << 16)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, size = (
+            head[offset : offset + 4],
+            int.from_bytes(head[offset + 4 : offset + 8], "little"),
+        )
+        if chunk == b"data":
+            return size, path.stat().st_size - offset - 8
+        offset += 8 + size + (size & 1)
+    return None
+
+
+def _check_declared_length(path: Path, info: Any, name: str) -> None:
+    """Refuse a header that promises more audio than the file can hold; warn on truncation."""
+    size = max(1, path.stat().st_size)
+    samples = int(info.frames) * max(1, int(info.channels))
+    uncompressed = info.format in ("WAV", "WAVEX", "W64", "RF64", "AIFF", "AU", "RAW")
+    per_sample = _SAMPLE_BYTES.get(info.subtype) if uncompressed else None
+    if per_sample is not None:
+        plausible = samples * per_sample <= size
+    else:
+        plausible = samples <= size * _MAX_SAMPLES_PER_BYTE
+    if not plausible:
+        raise AudioError(
+            f"{name}: the header claims {info.frames / max(1, info.samplerate):.1f} s of audio, "
+            f"more than a {size}-byte file can hold; the file is corrupt"
+        )
+    declared = _wav_declared_data_bytes(path) if info.format == "WAV" else None
+    if declared is not None and 0 < declared[1] < declared[0] < 0xFFFFFFFF:
+        block = (per_sample or 1) * max(1, int(info.channels)) * max(1, int(info.samplerate))
+        warnings.warn(
+            f"{name}: truncated WAV: its header announces {declared[0] / block:.2f} s, the file "
+            f"holds {declared[1] / block:.2f} s; analysing what is there",
+            AudioWarning,
+            stacklevel=4,
+        )
 
 
 def _describe(source: Any) -> str:
@@ -73,11 +142,19 @@ def _open_target(source: AudioSource) -> tuple[Any, str]:
 def audio_info(source: AudioSource) -> tuple[int, int]:
     """Return ``(num_frames, sampling_rate)`` without decoding, so callers can read a segment."""
     target, name = _open_target(source)
+    info = _info(target, name)
+    return int(info.frames), int(info.samplerate)
+
+
+def _info(target: Any, name: str) -> Any:
+    """``soundfile`` info, with the file's size checked against what its header claims."""
     try:
         info = sf.info(target)
     except (sf.SoundFileError, RuntimeError) as err:
         raise AudioError(f"{name}: cannot read audio ({err})") from err
-    return int(info.frames), int(info.samplerate)
+    if isinstance(target, Path):
+        _check_declared_length(target, info, name)
+    return info
 
 
 def load_audio(
@@ -97,6 +174,8 @@ def load_audio(
             source["array"], source["sampling_rate"], target_sr, name=_describe(source)
         )
     target, name = _open_target(source)
+    if isinstance(target, Path):
+        _info(target, name)
     try:
         data, sr = sf.read(target, start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError) as err:

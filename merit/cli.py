@@ -12,13 +12,24 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, TextIO
 
-__all__ = ["add_subcommand", "build_parser", "find_inputs", "main"]
+__all__ = [
+    "add_subcommand",
+    "build_parser",
+    "check_outputs",
+    "check_predict_options",
+    "find_inputs",
+    "linked_folders",
+    "main",
+]
 
 ConfigureFn = Callable[[argparse.ArgumentParser], None]
 RunFn = Callable[[argparse.Namespace], int]
@@ -70,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
+#: The fields of one result, in order (JSONL keys; CSV flattens scores and dimensions).
+RECORD_FIELDS = ("file", "duration", "label", "reason", "scores", "dimensions", "enhanced", "error")
+
 
 @dataclass(frozen=True)
 class _Input:
@@ -80,21 +94,25 @@ class _Input:
 
 
 def find_inputs(source: str | Path) -> list[_Input]:
-    """Audio files of a folder (recursive, sorted) or of a CSV/JSONL manifest's ``path`` column.
+    """One audio file, the audio files of a folder (recursive, sorted, linked folders not
+    followed: see :func:`linked_folders`) or the ``path`` column of a CSV/JSONL manifest.
 
     Manifest paths may be relative to the manifest's folder. Missing files are kept: they are
     reported as errors with the others instead of stopping the run.
     """
+    from merit.audio import AUDIO_EXTENSIONS
     from merit.data import audio_files, read_rows
 
     source = Path(source)
     if source.is_dir():
         return [_Input(p, p.relative_to(source).as_posix()) for p in audio_files(source)]
+    if source.is_file() and source.suffix.lower() in AUDIO_EXTENSIONS:
+        return [_Input(source, source.name)]
     if not source.is_file():
         raise FileNotFoundError(f"Input '{source}' is neither a folder nor a manifest file.")
     if source.suffix.lower() not in MANIFEST_SUFFIXES:
         raise ValueError(
-            f"Input '{source}': expected a folder of audio files or a manifest "
+            f"Input '{source}': expected an audio file, a folder of audio files or a manifest "
             f"({', '.join(MANIFEST_SUFFIXES)}) with a 'path' column."
         )
     inputs = []
@@ -110,17 +128,68 @@ def find_inputs(source: str | Path) -> list[_Input]:
     return inputs
 
 
+def linked_folders(source: Path) -> int:
+    """How many symlinked folders a folder scan skips: following them could loop forever or
+    leave the tree, so they are counted and reported rather than silently dropped."""
+    if not source.is_dir():
+        return 0
+    return sum(
+        1
+        for top, dirs, _ in os.walk(source, followlinks=False)
+        for name in dirs
+        if os.path.islink(os.path.join(top, name))
+    )
+
+
+def check_predict_options(args: argparse.Namespace) -> None:
+    """Refuse option values that would fail once per file (or hang) before any work starts."""
+    import torch
+
+    for option in ("chunk_seconds", "overlap_seconds", "max_seconds"):
+        value = getattr(args, option)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"--{option.replace('_', '-')} must be a finite number, got {value}.")
+    if args.chunk_seconds <= 0:
+        raise ValueError(f"--chunk-seconds must be > 0, got {args.chunk_seconds}.")
+    if not 0 <= args.overlap_seconds < args.chunk_seconds:
+        raise ValueError(
+            f"--overlap-seconds must be >= 0 and below --chunk-seconds ({args.chunk_seconds}), "
+            f"got {args.overlap_seconds}."
+        )
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise ValueError(f"--max-seconds must be > 0, got {args.max_seconds}.")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {args.device!r} is not a device name ({err}).") from err
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(device.type, True):
+        raise ValueError(f"--device {args.device}: no {device.type} device on this machine.")
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)."
+            )
+
+
 class _ResultWriter:
     """Streams one result per line, so a long run keeps what it has done if it is stopped.
 
     CSV gets flat ``score_<label>``/``dim_<name>`` columns; JSONL nested ``scores`` and
-    ``dimensions`` objects. Both have an ``error`` field, empty on success.
+    ``dimensions`` objects. Both have an ``error`` field, empty on success, and a ``reason``
+    field (``no speech`` / ``too short``) for audio that got no label on purpose.
     """
 
     def __init__(self, handle: TextIO, fmt: str, labels: list[str], dims: list[str]):
         self.handle, self.fmt, self.labels, self.dims = handle, fmt, labels, dims
         if fmt == "csv":
-            columns = ["file", "duration", "label"]
+            columns = ["file", "duration", "label", "reason"]
             columns += [f"score_{label}" for label in labels]
             columns += [f"dim_{name}" for name in dims]
             columns += ["enhanced", "error"]
@@ -131,7 +200,8 @@ class _ResultWriter:
         if self.fmt == "jsonl":
             self.handle.write(json.dumps(record) + "\n")
         else:
-            row = {key: record.get(key) for key in ("file", "duration", "label", "enhanced")}
+            keys = ("file", "duration", "label", "reason", "enhanced")
+            row = {key: record.get(key) for key in keys}
             for label in self.labels:
                 row[f"score_{label}"] = (record.get("scores") or {}).get(label)
             for name in self.dims:
@@ -169,6 +239,12 @@ def _configure_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-seconds", type=float, default=10.0)
     parser.add_argument("--overlap-seconds", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="refuse files longer than this (checked from the header, before decoding)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
@@ -216,14 +292,20 @@ def check_outputs(
 def _run_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from merit.audio import load_audio, write_audio
+    from merit.audio import AudioWarning, audio_info, load_audio, write_audio
     from merit.inference import analyze, load_model
 
     output = Path(args.output)
     fmt = output.suffix.lower().lstrip(".")
     if fmt not in ("csv", "jsonl"):
         raise ValueError(f"--output must end in .csv or .jsonl, got '{output}'.")
+    check_predict_options(args)
     inputs = find_inputs(args.input)
+    links = linked_folders(Path(args.input))
+    if links:
+        print(
+            f"Skipped {links} linked folder(s) in '{args.input}' (not followed).", file=sys.stderr
+        )
     if not inputs:
         print(f"No audio files found in '{args.input}'.", file=sys.stderr)
         return 2
@@ -239,12 +321,26 @@ def _run_predict(args: argparse.Namespace) -> int:
     with output.open("w", newline="", encoding="utf-8") as handle:
         writer = _ResultWriter(handle, fmt, labels, dims)
         for item in tqdm(inputs, desc="files", unit="file", disable=args.no_progress):
-            record: dict[str, Any] = {"file": item.name}
+            # Every record has every field (``None`` when not known), failed or not.
+            record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+            record["file"] = item.name
             try:
+                if args.max_seconds is not None:
+                    frames, file_rate = audio_info(item.path)
+                    if frames / file_rate > args.max_seconds:
+                        raise ValueError(
+                            f"{frames / file_rate:.1f} s long; the limit is "
+                            f"{args.max_seconds:g} s (--max-seconds)"
+                        )
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", AudioWarning)
+                    audio = load_audio(item.path, target_sr=rate)
+                for warning in caught:
+                    print(f"warning: {warning.message}", file=sys.stderr)
                 result = analyze(
                     model,
                     feature_extractor,
-                    load_audio(item.path, target_sr=rate),
+                    audio,
                     rate,
                     chunk_seconds=args.chunk_seconds,
                     overlap_seconds=args.overlap_seconds,
@@ -253,6 +349,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                 record.update(
                     duration=round(result.duration, 3),
                     label=result.label,
+                    reason=result.reason,
                     scores=result.probabilities,
                     dimensions=result.dimensions,
                 )

@@ -54,6 +54,8 @@ MODEL_FILES = (
     "mixture_merit.py",
     "heads_merit.py",
     "feature_extraction_merit.py",
+    "pipeline_merit.py",
+    "audio_merit.py",
 )
 
 #: What the Space needs: ``app.py`` and the modules it imports (the UI, inference, audio, and
@@ -73,6 +75,8 @@ SPACE_FILES = (
     "modeling_merit/integration_merit.py",
     "modeling_merit/mixture_merit.py",
     "modeling_merit/heads_merit.py",
+    "modeling_merit/audio_merit.py",
+    "modeling_merit/pipeline_merit.py",
 )
 #: Training leftovers that do not belong in a model repository.
 

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from merit.audio import prepare_waveform
+from merit.audio import MIN_SPEECH_SECONDS, SILENCE_DBFS, prepare_waveform, speech_absence
 from modeling_merit import MeritFeatureExtractor, MeritModel, MeritOutput
+from modeling_merit.audio_merit import ChunkPlan, plan_chunks
 
 __all__ = [
     "AnalysisResult",
@@ -132,6 +133,10 @@ class AnalysisResult:
     file (``routing_hop`` seconds apart, 20 ms for WavLM-style encoders). It is empty for the
     ``"shared"`` (ungated) variant. ``enhanced`` is at ``sampling_rate`` (the model's rate),
     exactly as long as the resampled input.
+
+    ``reason`` is ``"no speech"`` or ``"too short"`` when the model was not asked at all (see
+    :func:`merit.audio.speech_absence`): then ``label``, ``probabilities`` and ``dimensions``
+    are ``None``, the timeline and routing are empty, and ``enhanced`` is the input unchanged.
     """
 
     probabilities: dict[str, float] | None
@@ -143,49 +148,12 @@ class AnalysisResult:
     routing: dict[str, np.ndarray]
     duration: float
     routing_hop: float = 0.02
+    reason: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
 # Chunking and cross-fade
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    """Equal-length chunks covering ``total`` samples.
-
-    ``starts[i]`` is where chunk ``i`` begins; every chunk is ``length`` samples long, so a batch
-    of chunks needs no padding. ``bounds[i]:bounds[i+1]`` is the part of the file chunk ``i``
-    speaks for in the timeline (the middle of each overlap), so those parts tile the file.
-    """
-
-    total: int
-    length: int
-    starts: tuple[int, ...]
-
-    @property
-    def bounds(self) -> tuple[int, ...]:
-        inner = [
-            (nxt + start + self.length) // 2
-            for start, nxt in zip(self.starts[:-1], self.starts[1:], strict=True)
-        ]
-        return (0, *inner, self.total)
-
-
-def plan_chunks(total: int, chunk: int, overlap: int) -> ChunkPlan:
-    """Spread the fewest chunks of at most ``chunk`` samples evenly over ``total`` samples.
-
-    Equal lengths (rather than full chunks plus a short remainder) keep every chunk long enough
-    for a reliable emotion estimate and let batches run without padding; neighbours overlap by
-    ``overlap`` samples, give or take one from rounding.
-    """
-    if total <= chunk:
-        return ChunkPlan(total, total, (0,))
-    count = math.ceil((total - overlap) / (chunk - overlap))
-    length = min(chunk, math.ceil((total + (count - 1) * overlap) / count))
-    step = (total - length) / (count - 1)
-    starts = tuple(round(i * step) for i in range(count))
-    return ChunkPlan(total, length, starts)
 
 
 def _ramp(n: int) -> np.ndarray:
@@ -284,6 +252,8 @@ def analyze(
     max_seconds: float | None = None,
     batch_size: int = 4,
     progress: bool = False,
+    min_speech_seconds: float = MIN_SPEECH_SECONDS,
+    silence_dbfs: float = SILENCE_DBFS,
 ) -> AnalysisResult:
     """Recognise emotion (and dimensions), enhance the audio and record the routing.
 
@@ -293,6 +263,10 @@ def analyze(
     the duration-weighted mean of the chunks' scores, each chunk weighted by its timeline
     share. Audio shorter than the model's minimum input is zero-padded for the model and the
     enhanced output cropped back.
+
+    Silence (loudest 25 ms under ``silence_dbfs``) and clips under ``min_speech_seconds`` are
+    not given to the model: the result carries ``reason`` and no label (a classifier would
+    name an emotion for anything, digital silence included).
 
     Raises:
         ValueError: empty or non-finite audio, audio longer than ``max_seconds``, or chunk
@@ -311,6 +285,20 @@ def analyze(
             )
     audio = prepare_waveform(waveform, sampling_rate, rate)
     total = audio.shape[0]
+    reason = speech_absence(audio, rate, min_seconds=min_speech_seconds, silence_dbfs=silence_dbfs)
+    if reason is not None:
+        return AnalysisResult(
+            probabilities=None,
+            label=None,
+            dimensions=None,
+            timeline=[],
+            enhanced=audio if model.config.has_enhancement_head else None,
+            sampling_rate=rate,
+            routing={},
+            duration=total / rate,
+            routing_hop=model.frame_hop / rate,
+            reason=reason,
+        )
     if total < min_samples:
         audio = np.pad(audio, (0, min_samples - total))
     plan = plan_chunks(audio.shape[0], chunk, overlap)

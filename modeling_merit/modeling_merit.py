@@ -243,14 +243,20 @@ class MeritPreTrainedModel(PreTrainedModel):
         return super().from_pretrained(*args, **kwargs)
 
     def save_pretrained(self, save_directory: str, *args: Any, **kwargs: Any) -> Any:
-        """Save weights, config and code; the config maps every Auto class that loads it.
+        """Save weights, config and code; the config maps every Auto class that loads it and
+        names the pipeline the folder carries (``pipeline_merit``, see there why).
 
         ``register_for_auto_class`` keeps one Auto class per model class, so the
         audio-classification entry is added to ``auto_map`` here (saving merges into it).
         A model loaded from an old-layout checkpoint is saved in today's layout
         (``save_original_format=False``: transformers would otherwise undo the renaming).
         """
+        # Imported here, not at the top: loading a model need not import transformers'
+        # pipelines, but a saved folder (and a remote-code copy re-saved) must carry the file.
+        from .pipeline_merit import PIPELINE_ENTRY
+
         kwargs.setdefault("save_original_format", False)
+        self.config.custom_pipelines = PIPELINE_ENTRY
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         module = type(self).__module__.split(".")[-1]
         auto_map.setdefault("AutoModelForAudioClassification", f"{module}.{type(self).__name__}")

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from conftest import make_model
 
 from merit import cli
@@ -193,3 +194,84 @@ def test_predict_never_overwrites_inputs_or_existing_files(model_dir, audio_dir,
     assert written.read_bytes() == b"mine"
     assert run("c.csv", "--overwrite") == 0
     assert written.read_bytes() != b"mine"
+
+
+def test_silence_and_clicks_get_a_reason_not_a_label(model_dir, tmp_path):
+    root = tmp_path / "odd"
+    root.mkdir()
+    sf.write(root / "silence.wav", np.zeros(16_000), 16_000)
+    left = np.random.default_rng(1).standard_normal(16_000) * 0.1
+    sf.write(root / "anti_phase.wav", np.stack([left, -left], axis=1), 16_000)
+    sf.write(root / "click.wav", np.ones(80) * 0.5, 16_000)  # 5 ms
+    sf.write(root / "speechlike.wav", left, 16_000)
+    output = tmp_path / "r.csv"
+    argv = ["predict", "--model", str(model_dir), "--input", str(root)]
+    assert cli.main([*argv, "--output", str(output), "--no-progress"]) == 0
+    with output.open() as handle:
+        rows = {row["file"]: row for row in csv.DictReader(handle)}
+    for name, reason in [
+        ("silence.wav", "no speech"),
+        ("anti_phase.wav", "no speech"),
+        ("click.wav", "too short"),
+    ]:
+        assert rows[name]["reason"] == reason and rows[name]["label"] == ""
+        assert rows[name]["error"] == "" and rows[name]["score_angry"] == ""
+    assert rows["speechlike.wav"]["reason"] == "" and rows["speechlike.wav"]["label"] in LABELS
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--chunk-seconds", "0"], "--chunk-seconds must be > 0"),
+        (["--chunk-seconds", "nan"], "finite"),
+        (["--overlap-seconds", "inf"], "finite"),
+        (["--overlap-seconds", "20"], "below --chunk-seconds"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--max-seconds", "-1"], "--max-seconds must be > 0"),
+        (["--device", "gpu7"], "not a device name"),
+    ]
+    + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no cuda device")]),
+)
+def test_option_values_are_checked_before_any_work(model_dir, tmp_path, capsys, extra, message):
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "a.wav", np.zeros(16_000), 16_000)
+    argv = ["predict", "--model", str(model_dir), "--input", str(tmp_path / "in")]
+    assert cli.main([*argv, "--output", str(tmp_path / "r.csv"), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_single_file_input_and_the_length_limit(model_dir, tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    sf.write(tmp_path / "one.wav", rng.standard_normal(16_000) * 0.1, 16_000)
+    sf.write(tmp_path / "long.wav", rng.standard_normal(48_000) * 0.1, 16_000)
+    argv = ["predict", "--model", str(model_dir), "--no-progress"]
+    output = tmp_path / "one.jsonl"
+    assert cli.main([*argv, "--input", str(tmp_path / "one.wav"), "--output", str(output)]) == 0
+    (record,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert record["file"] == "one.wav" and record["label"] in LABELS
+    output = tmp_path / "long.jsonl"
+    limited = [*argv, "--input", str(tmp_path / "long.wav"), "--output", str(output)]
+    assert cli.main([*limited, "--max-seconds", "2"]) == 1
+    (record,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert "3.0 s long; the limit is 2 s" in record["error"] and record["label"] is None
+
+
+def test_truncated_wav_is_warned_and_linked_folders_are_counted(model_dir, tmp_path, capsys):
+    root = tmp_path / "in"
+    root.mkdir()
+    sf.write(tmp_path / "full.wav", np.random.default_rng(3).standard_normal(16_000) * 0.1, 16_000)
+    data = (tmp_path / "full.wav").read_bytes()
+    (root / "cut.wav").write_bytes(data[: len(data) // 2])  # header still says 1 s
+    (tmp_path / "elsewhere").mkdir()
+    sf.write(tmp_path / "elsewhere" / "x.wav", np.zeros(16_000), 16_000)
+    (root / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    output = tmp_path / "r.jsonl"
+    argv = ["predict", "--model", str(model_dir), "--input", str(root), "--no-progress"]
+    assert cli.main([*argv, "--output", str(output)]) == 0
+    err = capsys.readouterr().err
+    assert "Skipped 1 linked folder(s)" in err
+    assert "truncated WAV: its header announces 1.00 s, the file holds 0.50 s" in err
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["file"] for r in records] == ["cut.wav"]
+    assert records[0]["duration"] == pytest.approx(0.5, abs=0.01)

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import datasets
@@ -18,7 +19,14 @@ import torch
 from datasets import Audio, ClassLabel, Dataset, DatasetDict
 
 import merit.data as data_module
-from merit.audio import AudioError, load_audio, prepare_waveform, write_audio
+from merit.audio import (
+    AudioError,
+    AudioWarning,
+    audio_info,
+    load_audio,
+    prepare_waveform,
+    write_audio,
+)
 from merit.data import (
     DataCollatorForMerit,
     NoiseBank,
@@ -144,6 +152,37 @@ def test_empty_and_non_finite_audio_are_rejected(tmp_path):
         load_audio(nan_path)
     with pytest.raises(AudioError, match="NaN or infinite"):
         prepare_waveform(np.array([0.0, np.inf]), SR)
+
+
+def test_a_header_claiming_more_than_the_file_holds_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "liar.flac"
+    sf.write(path, tone(300), SR)  # a real, small FLAC file
+    real_info = sf.info
+
+    def lying_info(target):
+        info = real_info(target)
+        info.frames = 16_000 * SR  # "16,000 s" in a few kilobytes
+        return info
+
+    monkeypatch.setattr(sf, "info", lying_info)
+    with pytest.raises(AudioError, match=r"liar.flac: the header claims 16000.0 s .* corrupt"):
+        load_audio(path)
+    with pytest.raises(AudioError, match="corrupt"):
+        audio_info(path)
+
+
+def test_truncated_wav_is_read_with_a_warning(tmp_path):
+    full = tmp_path / "full.wav"
+    sf.write(full, tone(300, seconds=0.5), SR, subtype="PCM_16")
+    data = full.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: 44 + SR // 2])  # a quarter of the samples, header unchanged
+    with pytest.warns(AudioWarning, match=r"cut.wav: truncated WAV: .* 0.50 s, .* holds 0.25 s"):
+        audio = load_audio(cut)
+    assert audio.shape == (SR // 4,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_audio(full)  # an intact file warns nothing
 
 
 def test_prepare_waveform_detects_channel_axis_and_scales_integers():

@@ -374,6 +374,8 @@ def test_publish_uploads_model_and_space(model_dir, fake_hub, tmp_path, monkeypa
         "mixture_merit.py",
         "heads_merit.py",
         "feature_extraction_merit.py",
+        "pipeline_merit.py",
+        "audio_merit.py",
     }  # no checkpoint-*/ or training_args.bin
     assert model_files["model.safetensors"] == (model_dir / "model.safetensors").read_bytes()
     card = model_files["README.md"].decode()

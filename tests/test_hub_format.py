@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from conftest import make_config, make_model
 from transformers import (
@@ -33,6 +34,8 @@ CODE_FILES = {
     "mixture_merit.py",
     "heads_merit.py",
     "feature_extraction_merit.py",
+    "pipeline_merit.py",
+    "audio_merit.py",
 }
 
 
@@ -125,6 +128,86 @@ def test_audio_classification_pipeline(saved_model):
         assert by_label[label] == pytest.approx(probs[i].item(), abs=1e-5)
     # The pipeline resamples other rates itself (8 kHz in -> 16 kHz model).
     assert len(classifier({"raw": audio[:8000], "sampling_rate": 8000})) == 4
+
+
+PIPELINE_SCRIPT = """
+import json, sys
+for name in sys.argv[2].split(","):
+    sys.modules[name] = None  # as if not installed: `import` fails, find_spec says None
+import numpy as np
+from transformers import pipeline
+folder = sys.argv[1]
+clf = pipeline("audio-classification", model=folder, trust_remote_code=True)
+assert type(clf).__name__ == "MeritAudioClassificationPipeline", type(clf)
+def scores(result):
+    return {r["label"]: r["score"] for r in result}
+inputs = json.load(open("inputs.json"))
+arrays = [np.asarray(a, dtype=np.float32) for a in inputs["arrays"]]
+out = {
+    "file": scores(clf("stereo44k.wav", top_k=None)),
+    "one_by_one": [scores(clf(a, top_k=None)) for a in arrays],
+    "batched": [scores(r) for r in clf(arrays, batch_size=2, top_k=None)],
+    "long": scores(clf(np.asarray(inputs["long"], np.float32), top_k=None, chunk_seconds=1.0,
+                       overlap_seconds=0.25)),
+    "silence": clf(np.zeros(16000, np.float32)),
+    "click": clf("click.wav"),
+}
+try:
+    pipeline("audio-classification", model=sys.argv[3], trust_remote_code=True)
+    out["se_only"] = "no error"
+except ValueError as err:
+    out["se_only"] = str(err)
+json.dump(out, open("outputs.json", "w"))
+"""
+
+
+@pytest.mark.parametrize("blocked", ["modeling_merit,merit", "modeling_merit,merit,soundfile"])
+def test_pipeline_from_the_folder_alone(saved_model, tmp_path, blocked):
+    """The README's first call, in a process without the package (and without soundfile):
+    files without ffmpeg, batching, chunking, silence, and a clear refusal for SE-only."""
+    from merit.audio import load_audio
+    from merit.inference import analyze
+
+    folder, model = saved_model
+    se_only = tmp_path / "se-only"
+    make_model(tasks=["se"], backbone_config=model.config.backbone_config).save_pretrained(se_only)
+    MeritFeatureExtractor().save_pretrained(se_only)
+    rng = np.random.default_rng(4)
+    stereo = (rng.standard_normal((44_100, 2)) * 0.1).astype(np.float32)
+    sf.write(tmp_path / "stereo44k.wav", stereo, 44_100, subtype="PCM_16")
+    sf.write(tmp_path / "click.wav", np.full(80, 0.5), 16_000, subtype="PCM_16")
+    arrays = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (9000, 16000, 5000)]
+    long = (rng.standard_normal(16_000 * 3) * 0.1).astype(np.float32)
+    (tmp_path / "inputs.json").write_text(
+        json.dumps({"arrays": [a.tolist() for a in arrays], "long": long.tolist()})
+    )
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", PIPELINE_SCRIPT, str(folder), blocked, str(se_only)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads((tmp_path / "outputs.json").read_text())
+    labels = model.config.id2label
+
+    def expected(audio, **kwargs):
+        probs = analyze(model, None, audio, 16_000, **kwargs).probabilities
+        return {labels[i]: probs[labels[i]] for i in labels}
+
+    # A 44.1 kHz stereo file: read (PCM 16), mixed down and resampled like the package does.
+    file_audio = load_audio(tmp_path / "stereo44k.wav")
+    assert out["file"] == pytest.approx(expected(file_audio), abs=2e-4)
+    for single, batched, audio in zip(out["one_by_one"], out["batched"], arrays, strict=True):
+        assert single == pytest.approx(expected(audio), abs=1e-5)
+        assert batched == pytest.approx(single, abs=1e-5)  # padding is masked
+    long_expected = expected(long, chunk_seconds=1.0, overlap_seconds=0.25)
+    assert out["long"] == pytest.approx(long_expected, abs=1e-5)  # analyze's chunking
+    assert out["silence"] == [{"label": None, "score": None, "reason": "no speech"}]
+    assert out["click"] == [{"label": None, "score": None, "reason": "too short"}]
+    assert "no emotion head (enhancement only)" in out["se_only"]
 
 
 @pytest.mark.parametrize("checkpoint_kind", ["wavlm", "wavlm-with-head", "wav2vec2", "hubert"])

@@ -164,7 +164,7 @@ def test_stereo_44k_input_is_mixed_down_and_resampled():
 def test_audio_shorter_than_the_model_minimum_is_padded_and_cropped():
     model = pass_through(make_model().eval())
     audio = noise(1.0, seed=5)[:300]
-    result = analyze(model, None, audio, SR)
+    result = analyze(model, None, audio, SR, min_speech_seconds=0.0)
     assert result.enhanced.shape == (300,)
     np.testing.assert_allclose(result.enhanced, audio, atol=1e-4)
     assert result.timeline[-1].end == pytest.approx(300 / SR)
@@ -265,3 +265,35 @@ def test_load_model_never_runs_code_a_folder_carries(tmp_path, tiny_model):
     model, _ = load_model(str(folder))
     assert not sentinel.exists()
     assert type(model).__module__.startswith("modeling_merit")  # this package's code
+
+
+def _anti_phase(seconds: float) -> np.ndarray:
+    left = noise(seconds, seed=8)
+    return np.stack([left, -left], axis=1)  # channels-last stereo that mixes down to zero
+
+
+@pytest.mark.parametrize(
+    "audio,rate,reason",
+    [
+        (np.zeros(2 * SR, np.float32), SR, "no speech"),
+        (_anti_phase(2.0), SR, "no speech"),
+        (noise(2.0, seed=9) * 1e-4, SR, "no speech"),  # about -80 dBFS
+        (noise(0.005, seed=10), SR, "too short"),  # a 5 ms click
+        (noise(0.01, seed=10, rate=44_100), 44_100, "too short"),
+        (noise(0.2, seed=11), SR, "too short"),
+    ],
+)
+def test_silence_and_clips_get_no_label_but_a_reason(model, audio, rate, reason):
+    result = analyze(model, None, audio, rate)
+    assert result.reason == reason
+    assert result.label is None and result.probabilities is None and result.dimensions is None
+    assert result.timeline == [] and result.routing == {}
+    expected = prepare_waveform(audio, rate, SR)
+    np.testing.assert_array_equal(result.enhanced, expected)  # passed through untouched
+
+
+def test_quiet_speech_is_still_analysed(model):
+    quiet = noise(1.0, seed=12) * 0.01  # about -50 dBFS: quiet, not silent
+    result = analyze(model, None, quiet, SR)
+    assert result.reason is None and result.label is not None
+    assert sum(result.probabilities.values()) == pytest.approx(1.0)

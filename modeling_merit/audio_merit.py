@@ -1,0 +1,87 @@
+"""Audio-level decisions shared by the package and the pipeline a saved model carries.
+
+How a long recording is cut into chunks and when audio is too quiet or too short for an
+emotion estimate must be the same whether a user calls ``merit.inference.analyze``, the CLI,
+the demo or ``pipeline("audio-classification", trust_remote_code=True)`` on a Hub copy, so they
+live here, beside the model code (numpy only, no package imports).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MIN_SPEECH_SECONDS", "SILENCE_DBFS", "ChunkPlan", "plan_chunks", "speech_absence"]
+
+#: Shorter than this, a clip holds at most a syllable: no emotion estimate is given for it.
+MIN_SPEECH_SECONDS = 0.25
+
+#: Audio whose loudest 25 ms stays below this level (dB re full scale) counts as silence. A
+#: level gate, not a voice-activity detector: loud noise without speech still gets a label.
+SILENCE_DBFS = -60.0
+
+
+def speech_absence(
+    mono: np.ndarray,
+    sampling_rate: int,
+    *,
+    min_seconds: float = MIN_SPEECH_SECONDS,
+    silence_dbfs: float = SILENCE_DBFS,
+) -> str | None:
+    """``"too short"``, ``"no speech"`` or ``None`` (go ahead) for a mono waveform.
+
+    A classifier gives every input some confident-looking label, digital silence and a 5 ms
+    click included; those answers are wrong, so the entry points answer these two cases
+    explicitly instead of asking the model. Silence is judged on the mix-down, so anti-phase
+    stereo (which cancels to zero) counts as silence too.
+    """
+    mono = np.asarray(mono, dtype=np.float32)
+    if mono.shape[0] < min_seconds * sampling_rate:
+        return "too short"
+    frame = max(1, int(0.025 * sampling_rate))
+    usable = mono.shape[0] // frame * frame
+    frames = mono[:usable].reshape(-1, frame) if usable else mono[None, :]
+    loudest = float(np.sqrt(np.max(np.mean(np.square(frames, dtype=np.float64), axis=1))))
+    if loudest <= 10 ** (silence_dbfs / 20):
+        return "no speech"
+    return None
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Equal-length chunks covering ``total`` samples.
+
+    ``starts[i]`` is where chunk ``i`` begins; every chunk is ``length`` samples long, so a batch
+    of chunks needs no padding. ``bounds[i]:bounds[i+1]`` is the part of the file chunk ``i``
+    speaks for in the timeline (the middle of each overlap), so those parts tile the file.
+    """
+
+    total: int
+    length: int
+    starts: tuple[int, ...]
+
+    @property
+    def bounds(self) -> tuple[int, ...]:
+        inner = [
+            (nxt + start + self.length) // 2
+            for start, nxt in zip(self.starts[:-1], self.starts[1:], strict=True)
+        ]
+        return (0, *inner, self.total)
+
+
+def plan_chunks(total: int, chunk: int, overlap: int) -> ChunkPlan:
+    """Spread the fewest chunks of at most ``chunk`` samples evenly over ``total`` samples.
+
+    Equal lengths (rather than full chunks plus a short remainder) keep every chunk long enough
+    for a reliable emotion estimate and let batches run without padding; neighbours overlap by
+    ``overlap`` samples, give or take one from rounding.
+    """
+    if total <= chunk:
+        return ChunkPlan(total, total, (0,))
+    count = math.ceil((total - overlap) / (chunk - overlap))
+    length = min(chunk, math.ceil((total + (count - 1) * overlap) / count))
+    step = (total - length) / (count - 1)
+    starts = tuple(round(i * step) for i in range(count))
+    return ChunkPlan(total, length, starts)
