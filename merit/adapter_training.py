@@ -48,6 +48,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from merit.runs import (
     TINY_BACKBONE,
+    RunTrainingArguments,
     load_backbone,
     load_noisy_training_data,
     merit_on_backbone,
@@ -573,7 +574,7 @@ def main(argv: list[str] | None = None) -> Path:
     from merit.preparation import DataArguments
 
     args, data_args, training_args = parse_arguments(
-        (AdapterArguments, DataArguments, TrainingArguments),
+        (AdapterArguments, DataArguments, RunTrainingArguments),
         argv,
         output_dir="outputs/adapter",
         learning_rate=1e-3,

@@ -90,6 +90,7 @@ def load_speech_dataset(
     validation_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
+    keep_missing_files: bool = False,
 ) -> DatasetDict:
     """Load a labelled speech corpus from any common layout into one normalised form.
 
@@ -109,6 +110,9 @@ def load_speech_dataset(
     column in that order; a missing or non-numeric value is an error naming the row.
     ``label_column=None`` reads a corpus without categorical labels (dimensional ratings only,
     or clean speech for enhancement): the result then has no ``label`` column.
+
+    A table row naming a file that does not exist is an error, unless ``keep_missing_files``:
+    then the row stays, for a later readability pass to drop and list (``--skip_bad_files``).
     """
     for name, fraction in (("validation", validation_fraction), ("test", test_fraction)):
         if not 0.0 <= fraction < 1.0:
@@ -118,7 +122,9 @@ def load_speech_dataset(
     dimensions = tuple(dimension_columns or ())
     if len(set(dimensions)) != len(dimensions):
         raise ValueError(f"dimension_columns must be distinct, got {list(dimensions)}")
-    columns = _Columns(label_column, audio_column, speaker_column, split_column, dimensions)
+    columns = _Columns(
+        label_column, audio_column, speaker_column, split_column, dimensions, keep_missing_files
+    )
     splits = _read_source(str(source), columns)
     return _complete_splits(
         splits, {"validation": validation_fraction, "test": test_fraction}, seed
@@ -127,13 +133,14 @@ def load_speech_dataset(
 
 @dataclass(frozen=True)
 class _Columns:
-    """Source column names, passed around together."""
+    """Source column names (and how to treat rows without a file), passed around together."""
 
     label: str | None
     audio: str | None
     speaker: str
     split: str
     dimensions: tuple[str, ...] = ()
+    keep_missing_files: bool = False
 
 
 def _read_source(source: str, columns: _Columns) -> dict[str, Dataset]:
@@ -233,7 +240,7 @@ def _from_table(table: Path, columns: _Columns) -> dict[str, Dataset]:
         labels.append(label)
         splits.append(_text(row.get(columns.split)) or _split_from_path(path))
     missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
+    if missing and not columns.keep_missing_files:
         raise ValueError(f"{table}: {len(missing)} audio file(s) not found, e.g. {missing[:5]}")
     if columns.split not in available and not all(splits):
         splits = ["train"] * len(rows)

@@ -44,6 +44,7 @@ from transformers import (
 
 from merit.runs import (
     TINY_BACKBONE,
+    RunTrainingArguments,
     load_backbone,
     load_noisy_training_data,
     parse_arguments,
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> Path:
     from merit.preparation import DataArguments
 
     args, data_args, training_args = parse_arguments(
-        (DistillationArguments, DataArguments, TrainingArguments),
+        (DistillationArguments, DataArguments, RunTrainingArguments),
         argv,
         output_dir="outputs/mlkd",
     )

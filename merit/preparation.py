@@ -10,11 +10,14 @@ blocks they use (loaders, noise mixing, collation) are in :mod:`merit.data`.
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -36,6 +39,7 @@ __all__ = [
     "PreparedData",
     "build_test_sets",
     "build_validation_set",
+    "check_integrity",
     "drop_unreadable",
     "label_order",
     "load_noise_banks",
@@ -44,6 +48,8 @@ __all__ = [
     "resolve_data_sources",
     "spread_subset",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET_NAME = "merit embedded eSpeak corpus"
 
@@ -161,6 +167,74 @@ def spread_subset(dataset: Dataset, limit: int | None) -> Dataset:
         raise ValueError(f"the number of utterances to keep must be positive, got {limit}")
     rows = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(int))
     return dataset.select(rows.tolist())
+
+
+def _audio_key(audio: Any) -> str | None:
+    """What identifies a row's recording: its resolved path (``None`` for bytes-only rows)."""
+    path = audio.get("path") if isinstance(audio, Mapping) else audio
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+def check_integrity(splits: Mapping[str, Dataset], display: str, *, labelled: bool) -> None:
+    """Refuse data that would train the wrong model without an error, warn on the doubtful.
+
+    Errors: label spellings that differ only in case or spacing ("Angry" / "angry" would
+    become two classes), a training split with a single class, a recording in two splits (a
+    leak that inflates every test figure). Warnings (logged): a recording listed twice in one
+    split, and labels so rare in training that they look like typos.
+    """
+    if labelled:
+        spellings: dict[str, set[str]] = {}
+        for split in splits.values():
+            for label in set(split["label"]):
+                spellings.setdefault(" ".join(str(label).split()).casefold(), set()).add(label)
+        clashes = [sorted(group) for group in spellings.values() if len(group) > 1]
+        if clashes:
+            listed = "; ".join(" / ".join(map(repr, group)) for group in clashes)
+            raise ValueError(
+                f"{display}: labels that differ only in case or spacing would become separate "
+                f"classes: {listed}. Spell each label one way in the metadata."
+            )
+        counts = Counter(splits["train"]["label"])
+        if len(counts) < 2:
+            raise ValueError(
+                f"{display}: the train split has a single class ({', '.join(map(repr, counts))}); "
+                "an emotion classifier needs at least two."
+            )
+        rare = [
+            f"{label!r} ({count})"
+            for label, count in counts.items()
+            if count < max(2, 0.01 * sum(counts.values()))
+        ]
+        if rare:
+            logger.warning(
+                "%s: label(s) with very few training examples (a typo?): %s",
+                display,
+                ", ".join(rare),
+            )
+    owners: dict[str, list[str]] = {}
+    for split_name, split in splits.items():
+        keys = [_audio_key(audio) for audio in split.with_format("python")["audio"]]
+        counted = Counter(key for key in keys if key is not None)
+        repeated = sum(count - 1 for count in counted.values() if count > 1)
+        if repeated:
+            logger.warning(
+                "%s: %d row(s) of the %s split repeat a recording already listed in it",
+                display,
+                repeated,
+                split_name,
+            )
+        for key in counted:
+            owners.setdefault(key, []).append(split_name)
+    shared = {key: names for key, names in owners.items() if len(names) > 1}
+    if shared:
+        examples = ", ".join(
+            f"{Path(key).name} ({' and '.join(names)})" for key, names in list(shared.items())[:3]
+        )
+        raise ValueError(
+            f"{display}: {len(shared)} recording(s) appear in more than one split, e.g. "
+            f"{examples}; held-out figures would be inflated. Give each file one split."
+        )
 
 
 def drop_unreadable(
@@ -328,9 +402,11 @@ def prepare_data(
         dimension_columns=dimension_names,
         validation_fraction=data_args.validation_fraction,
         test_fraction=data_args.test_fraction,
+        keep_missing_files=data_args.skip_bad_files,
     )
     if "train" not in splits:
         raise ValueError(f"dataset {display!r} has no train split (has {list(splits)})")
+    check_integrity(splits, display, labelled=label_column is not None)
     names: list[str] = []
     if label_column is not None:
         names = label_order(data_args, list(splits["train"]["label"]))

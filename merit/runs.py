@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ __all__ = [
     "merit_on_backbone",
     "parse_arguments",
     "parse_with_config",
+    "RunTrainingArguments",
     "resolve_checkpoint",
     "split_config_flag",
     "train_module",
@@ -126,16 +128,51 @@ def load_noisy_training_data(
     return prepared.train.with_transform(mixer), prepared.label_names
 
 
-def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
+@dataclass
+class RunTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus what transformers 5 dropped and a re-run needs."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "start from step 0 in an output_dir that already holds checkpoints (they "
+            "are replaced as new ones are saved); without it such a run is refused"
+        },
+    )
+
+
+def resolve_checkpoint(
+    value: str | None, output_dir: str, *, overwrite_output_dir: bool = False
+) -> str | None:
     """``--resume_from_checkpoint``: a path, or ``"auto"``/``"true"`` for the latest
-    checkpoint in ``output_dir`` (None when there is none yet: a fresh start)."""
+    checkpoint in ``output_dir`` (None when there is none yet: a fresh start).
+
+    Without it, an ``output_dir`` that holds checkpoints is refused unless
+    ``overwrite_output_dir``: a fresh run would silently write over them. A checkpoint without
+    its optimizer state is refused too: resuming it would quietly start a new optimizer (the
+    losses then differ from the uninterrupted run).
+    """
     if value is None or value.lower() in ("", "false", "none"):
+        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if last is not None and not overwrite_output_dir:
+            raise ValueError(
+                f"{output_dir} already holds checkpoints ({Path(last).name}); pass "
+                "--resume_from_checkpoint auto to continue from there, --overwrite_output_dir "
+                "True to start again over them, or another --output_dir."
+            )
         return None
     if value.lower() in ("auto", "true", "last"):
-        return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    if not Path(value).is_dir():
+        checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    elif not Path(value).is_dir():
         raise ValueError(f"checkpoint folder not found: {value}")
-    return value
+    else:
+        checkpoint = value
+    if checkpoint is not None and not (Path(checkpoint) / "optimizer.pt").is_file():
+        raise ValueError(
+            f"{checkpoint} has no optimizer.pt: resuming would restart the optimizer and not "
+            "continue the run. Restore the file, or start a new run from its weights."
+        )
+    return checkpoint
 
 
 def train_module(
@@ -160,7 +197,11 @@ def train_module(
         data_collator=DataCollatorForMerit(),
         callbacks=list(callbacks),
     )
-    resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    resume = resolve_checkpoint(
+        training_args.resume_from_checkpoint,
+        training_args.output_dir,
+        overwrite_output_dir=getattr(training_args, "overwrite_output_dir", False),
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 

@@ -74,7 +74,7 @@ from merit.preparation import (
     prepare_data,
     quiet_datasets,
 )
-from merit.runs import TINY_BACKBONE, parse_with_config, resolve_checkpoint
+from merit.runs import TINY_BACKBONE, RunTrainingArguments, parse_with_config, resolve_checkpoint
 from merit.whisper_ct2 import TINY_EN_HUB_ID, TINY_EN_NAME, resolve_pretrained_backbone
 from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, minimal_backbone_config
 
@@ -180,7 +180,7 @@ class ModelArguments:
 
 
 @dataclass
-class MeritTrainingArguments(TrainingArguments):
+class MeritTrainingArguments(RunTrainingArguments):
     """``TrainingArguments`` with defaults that make ``python train.py`` a sensible run.
 
     The defaults are the default run's recipe: Sparse MERIT on the pretrained Whisper tiny.en
@@ -752,7 +752,11 @@ def main(
     )
     if training_args.backbone_frozen_steps:
         trainer.add_callback(BackboneStages(trainer, training_args.backbone_frozen_steps))
-    resume = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    resume = resolve_checkpoint(
+        training_args.resume_from_checkpoint,
+        training_args.output_dir,
+        overwrite_output_dir=training_args.overwrite_output_dir,
+    )
     train_result = trainer.train(resume_from_checkpoint=resume)
 
     final = _base_model(trainer.model)

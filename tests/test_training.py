@@ -16,7 +16,8 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, TrainerCal
 from merit import training
 from merit.data import NoiseBank, NoisyMixer, load_speech_dataset
 from merit.evaluation import ModelSystem, evaluate_systems
-from merit.preparation import build_test_sets
+from merit.preparation import DataArguments, build_test_sets, prepare_data
+from merit.runs import resolve_checkpoint
 from merit.training import (
     ModelArguments,
     NoisyTrainingSet,
@@ -504,3 +505,92 @@ def test_corpus_without_class_labels_trains_the_dimensional_head(tiny_corpus, tm
     assert "clean_ccc" in results["test"] and "clean_f1_macro" not in results["test"]
     with pytest.raises(ValueError, match="has no class labels"):
         training.main([*common, *LOOP_ONLY])
+
+
+def test_rerun_over_checkpoints_is_refused_and_resume_true_takes_the_latest(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--dataset", str(tiny_corpus), "--output_dir", str(out), "--max_steps", "2"]
+    argv += ["--seed", "5", *LOOP_ONLY, *TINY]
+    training.main(argv)
+    saved = (out / "checkpoint-2" / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="already holds checkpoints .*checkpoint-2"):
+        training.main(argv)
+    assert (out / "checkpoint-2" / "model.safetensors").read_bytes() == saved  # untouched
+    # The Trainer convention: True resumes from the latest checkpoint.
+    resumed = training.main([*argv, "--resume_from_checkpoint", "True", "--max_steps", "3"])
+    assert resumed["global_step"] == 3
+    assert training.main([*argv, "--overwrite_output_dir", "True"])["global_step"] == 2
+
+
+def test_resume_refuses_a_checkpoint_without_optimizer_state(tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoint-8"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"")
+    for value in ("auto", "True", str(checkpoint)):
+        with pytest.raises(ValueError, match="has no optimizer.pt"):
+            resolve_checkpoint(value, str(tmp_path / "run"))
+    (checkpoint / "optimizer.pt").write_bytes(b"")
+    assert resolve_checkpoint("true", str(tmp_path / "run")) == str(checkpoint)
+    assert resolve_checkpoint(None, str(tmp_path / "run"), overwrite_output_dir=True) is None
+    assert resolve_checkpoint("auto", str(tmp_path / "empty")) is None  # nothing yet: fresh
+
+
+def _rows_manifest(tmp_path: Path, corpus: Path, edit) -> Path:
+    rows = list(csv.DictReader((corpus / "metadata.csv").open()))
+    for row in rows:
+        row["file_name"] = str(corpus / row["file_name"])
+    rows = edit(rows)
+    manifest = tmp_path / "edited.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def _first(rows, split, label=None):
+    return next(r for r in rows if r["split"] == split and (label is None or r["label"] == label))
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            lambda rows: [
+                {**r, "label": "Sad"} if r is _first(rows, "train", "sad") else r for r in rows
+            ],
+            r"differ only in case or spacing.*'Sad' / 'sad'",
+        ),
+        (
+            lambda rows: [{**r, "label": "happy"} if r["split"] == "train" else r for r in rows],
+            r"train split has a single class \('happy'\)",
+        ),
+        (
+            lambda rows: [*rows, {**_first(rows, "train"), "split": "test"}],
+            r"1 recording\(s\) appear in more than one split.*\(train and test\)",
+        ),
+    ],
+    ids=["case-variants", "single-class", "train-test-leak"],
+)
+def test_data_that_would_train_the_wrong_model_is_refused(tiny_corpus, tmp_path, edit, message):
+    manifest = _rows_manifest(tmp_path, tiny_corpus, edit)
+    with pytest.raises(ValueError, match=message):
+        prepare_data(DataArguments(dataset=str(manifest), noise_dir=str(tiny_corpus / "noise")))
+
+
+def test_duplicates_and_rare_labels_are_warned_missing_files_skipped(tiny_corpus, tmp_path, caplog):
+    def edit(rows):
+        train = [r for r in rows if r["split"] == "train"]
+        extra = [{**train[0]}, {**train[1], "label": "angyr"}]
+        extra.append({**train[2], "file_name": str(tmp_path / "gone.wav")})
+        return rows + extra
+
+    manifest = _rows_manifest(tmp_path, tiny_corpus, edit)
+    args = dict(dataset=str(manifest), noise_dir=str(tiny_corpus / "noise"), labels=None)
+    with pytest.raises(ValueError, match="1 audio file\\(s\\) not found"):
+        prepare_data(DataArguments(**args))
+    with caplog.at_level("WARNING", logger="merit.preparation"):
+        prepared, _, _ = prepare_data(DataArguments(**args, skip_bad_files=True))
+    assert any("gone.wav: audio file not found" in message for message in prepared.skipped)
+    assert "repeat a recording already listed" in caplog.text
+    assert "very few training examples (a typo?): 'angyr' (1)" in caplog.text
