@@ -67,6 +67,10 @@ DEFAULT_MODEL = "outputs/merit-sparse"
 #: Longest accepted recording (10 minutes), so that one visitor cannot hold a small Space's CPU
 #: (and the queue behind it) for long; local use can call ``merit.inference.analyze`` directly.
 MAX_SECONDS = 600.0
+#: Uploads and results gradio caches: every 5 minutes, files older than 15 minutes are deleted
+#: (and all of them when the server restarts), so a public Space's disk use stays bounded by
+#: the last quarter hour's traffic instead of growing with every request.
+CACHE_CLEANUP = (300, 900)
 #: Chunk length and overlap for long recordings (see :func:`merit.inference.analyze`).
 CHUNK_SECONDS = 10.0
 OVERLAP_SECONDS = 1.0
@@ -605,7 +609,9 @@ def build_demo(demo_model: DemoModel, examples: list[Example] | None = None) -> 
             ) from err
         return outputs.as_gradio()
 
-    with gr.Blocks(title="Sparse MERIT demo", analytics_enabled=False) as demo:
+    with gr.Blocks(
+        title="Sparse MERIT demo", analytics_enabled=False, delete_cache=CACHE_CLEANUP
+    ) as demo:
         gr.Markdown(_INTRO.format(max_minutes=MAX_SECONDS / 60, chunk=CHUNK_SECONDS))
         gr.Markdown(demo_model.describe(), elem_id="model-status")
         with gr.Row():

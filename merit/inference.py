@@ -78,7 +78,8 @@ def load_model(
     Raises:
         FileNotFoundError: no such folder, and not a Hub model that can be fetched (the message
             says how to create one).
-        ValueError: the folder is not a saved MERIT model.
+        ValueError: the folder is not a saved MERIT model, or its weights do not fit its
+            config (a hand-edited label list, say).
     """
     from transformers import AutoFeatureExtractor, AutoModel
 
@@ -105,6 +106,14 @@ def load_model(
         if path.exists():
             raise
         raise FileNotFoundError(f"Model '{text}' could not be downloaded: {err}") from err
+    except RuntimeError as err:  # transformers' size-mismatch report
+        if "mismatch" not in str(err):
+            raise
+        raise ValueError(
+            f"'{text}': the weights do not fit its config.json (e.g. id2label lists "
+            "more or fewer labels than the classifier has); restore the config the model was "
+            "saved with."
+        ) from err
     return model.to(device).eval(), feature_extractor
 
 

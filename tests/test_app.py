@@ -8,6 +8,7 @@ model when one exists (``$MERIT_SCREENSHOT_MODEL``, default ``outputs/merit-spar
 
 import csv
 import io
+import json
 import os
 import shutil
 import socket
@@ -213,6 +214,32 @@ def test_missing_model_message_names_the_training_command(tmp_path, monkeypatch)
     assert not broken.ready and "python train.py" in broken.error
     monkeypatch.setenv("MERIT_MODEL", str(tmp_path / "from-env"))
     assert load_demo_model().source == str(tmp_path / "from-env")
+
+
+def test_broken_model_folders_give_the_message_page_not_a_crash(demo_model, tmp_path):
+    """A hand-edited label list and a folder without weights: messages, and the page builds."""
+    import gradio as gr
+
+    source = Path(demo_model.source)
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(source, relabelled)
+    config = json.loads((relabelled / "config.json").read_text())
+    config["id2label"] = {str(i): f"label{i}" for i in range(6)}
+    config["label2id"] = {f"label{i}": i for i in range(6)}
+    (relabelled / "config.json").write_text(json.dumps(config))
+    broken = load_demo_model(str(relabelled))
+    assert not broken.ready and "weights do not fit its config.json" in broken.error
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(source, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    missing = load_demo_model(str(no_weights))
+    assert not missing.ready and "model.safetensors" in missing.error
+    for model in (broken, missing):
+        demo = build_demo(model)
+        assert demo.delete_cache == app.CACHE_CLEANUP  # the upload cache is cleaned
+        predict = next(f.fn for f in demo.fns.values() if f.api_name == "predict")
+        with pytest.raises(gr.Error, match="Train one"):
+            predict(str(tmp_path / "x.wav"))
 
 
 def test_page_without_model_answers_with_the_message(tmp_path):
