@@ -3,11 +3,15 @@
 The graph takes ``input_values`` ``(batch, samples)`` only, with dynamic batch and length axes,
 and no ``attention_mask``: every row must be real audio of the same length (at least the model's
 minimum input, 400 samples for WavLM-style encoders). That is deliberate: a padded batch takes a
-per-utterance Python loop for group-normalised backbones (WavLM-base), which a traced graph
-cannot hold; run utterances of different lengths one by one, or cut them into equal chunks as
-:func:`merit.inference.analyze` does. Outputs, in this order and only when the model has them:
-``logits`` ``(batch, num_labels)``, ``dimensions`` ``(batch, len(dimension_names))`` and
-``enhanced_waveform`` ``(batch, samples)``.
+per-utterance Python loop for group-normalised backbones (WavLM-base) and for Whisper's log-mel
+(normalised by each utterance's own maximum), which a traced graph cannot hold. :class:`OnnxMerit`
+runs an exported graph with the checks the graph cannot make (non-finite samples, rows under
+the minimum length, a malformed mask) and takes padded batches with an ``attention_mask``,
+running each group of equal valid length as one batch, so its outputs equal the PyTorch model's
+on the same padded batch. Outputs, in this order and only when the model has them: ``logits``
+``(batch, num_labels)``, ``dimensions`` ``(batch, len(dimension_names))`` and
+``enhanced_waveform`` ``(batch, samples)``. The file's metadata records the sampling rate, the
+minimum input and the label names.
 
 Two things in the PyTorch model do not trace: sparse expert dispatch (data-dependent Python
 loop; switched off with :meth:`MeritModel.set_expert_dispatch`, same numbers) and the complex
@@ -24,13 +28,14 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modeling_merit import MeritModel
 
-__all__ = ["DFTEnhancementHead", "export_onnx", "exportable", "onnx_output_names"]
+__all__ = ["DFTEnhancementHead", "OnnxMerit", "export_onnx", "exportable", "onnx_output_names"]
 
 
 class DFTEnhancementHead(nn.Module):
@@ -180,4 +185,93 @@ def export_onnx(
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
+    _write_metadata(path, model)
     return path
+
+
+def _write_metadata(path: Path, model: MeritModel) -> None:
+    """What a runtime needs to feed the graph correctly, stored in the ONNX file itself."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    config = model.config
+    values = {
+        "merit.sampling_rate": str(config.sampling_rate),
+        "merit.min_input_samples": str(int(model.min_input_samples)),
+        "merit.label_names": ",".join(config.label_names),
+        "merit.dimension_names": ",".join(config.predicted_dimensions),
+    }
+    for key, value in values.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(path))
+
+
+class OnnxMerit:
+    """An exported MERIT graph under onnxruntime, with the input checks the graph cannot make.
+
+    ``__call__`` takes ``(batch, samples)`` float audio (or one 1-D utterance) and optionally
+    an ``attention_mask`` (1 on real samples, right padding) and returns the named outputs.
+    Refused with a ``ValueError``: NaN or infinite samples (the graph would return NaN
+    silently), rows shorter than the model's minimum input (a cryptic Conv error otherwise)
+    and masks that are not 0/1 right-padding of the input's shape.
+    """
+
+    def __init__(self, path: str | Path, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=list(providers))
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.sampling_rate = int(meta.get("merit.sampling_rate", 16000))
+        self.min_input_samples = int(meta.get("merit.min_input_samples", 1))
+        self.label_names = [n for n in meta.get("merit.label_names", "").split(",") if n]
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def _lengths(self, values: np.ndarray, attention_mask: np.ndarray | None) -> np.ndarray:
+        if attention_mask is None:
+            return np.full(values.shape[0], values.shape[1], dtype=np.int64)
+        mask = np.asarray(attention_mask)
+        if mask.shape != values.shape:
+            raise ValueError(
+                f"attention_mask shape {mask.shape} must equal input_values {values.shape}."
+            )
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 and 1.")
+        lengths = mask.sum(axis=1).astype(np.int64)
+        prefix = np.arange(values.shape[1])[None, :] < lengths[:, None]
+        if not np.array_equal(prefix, mask.astype(bool)):
+            raise ValueError("attention_mask must be 1s then 0s per row (right padding).")
+        return lengths
+
+    def __call__(
+        self, input_values: np.ndarray, attention_mask: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        values = np.asarray(input_values, dtype=np.float32)
+        if values.ndim == 1:
+            values = values[None]
+            attention_mask = None if attention_mask is None else np.asarray(attention_mask)[None]
+        if values.ndim != 2 or values.shape[0] == 0:
+            raise ValueError(f"input_values must be (batch, samples), got shape {values.shape}.")
+        lengths = self._lengths(values, attention_mask)
+        for row, length in enumerate(lengths.tolist()):
+            if length < self.min_input_samples:
+                raise ValueError(
+                    f"row {row} has {length} samples; the model needs at least "
+                    f"{self.min_input_samples} ({self.min_input_samples / self.sampling_rate:.3f}"
+                    " s)."
+                )
+            if not np.isfinite(values[row, :length]).all():
+                raise ValueError(f"row {row} contains NaN or infinite samples.")
+        outputs: dict[str, np.ndarray] = {}
+        for length in sorted(set(lengths.tolist())):
+            rows = np.flatnonzero(lengths == length)
+            results = self.session.run(None, {"input_values": values[rows, :length]})
+            for name, result in zip(self.output_names, results, strict=True):
+                if name not in outputs:  # padding stays zero, as the PyTorch model gives it
+                    per_row = values.shape[1:] if name == "enhanced_waveform" else result.shape[1:]
+                    outputs[name] = np.zeros((len(values), *per_row), dtype=result.dtype)
+                if name == "enhanced_waveform":
+                    outputs[name][rows, :length] = result
+                else:
+                    outputs[name][rows] = result
+        return outputs

@@ -5,7 +5,13 @@ import pytest
 import torch
 from conftest import make_model
 
-from merit.onnx_export import DFTEnhancementHead, export_onnx, exportable, onnx_output_names
+from merit.onnx_export import (
+    DFTEnhancementHead,
+    OnnxMerit,
+    export_onnx,
+    exportable,
+    onnx_output_names,
+)
 
 pytest.importorskip("onnx", reason="ONNX export needs the 'onnx' package (pip install .[onnx])")
 ort = pytest.importorskip(
@@ -109,3 +115,47 @@ def test_cli_export_runs_under_onnxruntime(tmp_path, capsys):
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).logits.numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = busy_model()
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "merit.onnx")
+    return model, OnnxMerit(path)
+
+
+def test_runner_takes_padded_batches_exactly_as_pytorch(exported):
+    model, runner = exported
+    assert runner.label_names == list(model.config.label_names)
+    assert runner.min_input_samples == model.min_input_samples
+    lengths = [9_000, 16_000, 5_000, 16_000]
+    x = torch.randn(4, 16_000, generator=torch.Generator().manual_seed(5)) * 0.1
+    mask = (torch.arange(16_000)[None, :] < torch.tensor(lengths)[:, None]).long()
+    x = x * mask  # padding is zeros, as the feature extractor writes it
+    with torch.no_grad():
+        reference = model(x, attention_mask=mask)
+    got = runner(x.numpy(), mask.numpy())
+    np.testing.assert_allclose(got["logits"], reference.logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["dimensions"], reference.dimensions.numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        got["enhanced_waveform"], reference.enhanced_waveform.numpy(), atol=1e-3
+    )
+    one = runner(x[2, :5_000].numpy())  # a single 1-D utterance
+    np.testing.assert_allclose(one["logits"][0], got["logits"][2], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "values,mask,message",
+    [
+        (np.array([[0.1, np.nan] * 4000], np.float32), None, "row 0 contains NaN"),
+        (np.zeros((2, 100), np.float32), None, "row 0 has 100 samples; .* at least 400"),
+        (np.zeros((1, 8000), np.float32), np.ones((1, 7999)), "attention_mask shape"),
+        (np.zeros((1, 8000), np.float32), np.full((1, 8000), 2), "only 0 and 1"),
+        (np.zeros((1, 8000), np.float32), np.r_[np.zeros(10), np.ones(7990)][None], "right"),
+        (np.zeros((2, 2, 800), np.float32), None, r"\(batch, samples\)"),
+    ],
+)
+def test_runner_refuses_what_the_graph_would_get_wrong(exported, values, mask, message):
+    _, runner = exported
+    with pytest.raises(ValueError, match=message):
+        runner(values, mask)
