@@ -292,8 +292,8 @@ def check_outputs(
 def _run_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from merit.audio import AudioWarning, audio_info, load_audio, write_audio
-    from merit.inference import analyze, load_model
+    from merit.audio import AudioWarning
+    from merit.inference import analyze_file, load_model
 
     output = Path(args.output)
     fmt = output.suffix.lower().lstrip(".")
@@ -314,7 +314,6 @@ def _run_predict(args: argparse.Namespace) -> int:
     model, feature_extractor = load_model(args.model, device=args.device)
     labels, dims = model.config.label_names, model.config.predicted_dimensions
     written: set[Path] = set()
-    rate = int(model.config.sampling_rate)
 
     failures: list[tuple[str, str]] = []
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -325,42 +324,35 @@ def _run_predict(args: argparse.Namespace) -> int:
             record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
             record["file"] = item.name
             try:
-                if args.max_seconds is not None:
-                    frames, file_rate = audio_info(item.path)
-                    if frames / file_rate > args.max_seconds:
-                        raise ValueError(
-                            f"{frames / file_rate:.1f} s long; the limit is "
-                            f"{args.max_seconds:g} s (--max-seconds)"
+                target = None
+                if enhanced_dir is not None and model.config.has_enhancement_head:
+                    target = _mirror(enhanced_dir, item.name, written)
+                    if target.exists() and not args.overwrite:
+                        raise FileExistsError(
+                            f"{target} exists (not overwritten; --overwrite replaces it)"
                         )
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", AudioWarning)
-                    audio = load_audio(item.path, target_sr=rate)
-                for warning in caught:
-                    print(f"warning: {warning.message}", file=sys.stderr)
-                result = analyze(
-                    model,
-                    feature_extractor,
-                    audio,
-                    rate,
-                    chunk_seconds=args.chunk_seconds,
-                    overlap_seconds=args.overlap_seconds,
-                    batch_size=args.batch_size,
-                )
+                    result = analyze_file(
+                        model,
+                        feature_extractor,
+                        item.path,
+                        enhanced_path=target,
+                        chunk_seconds=args.chunk_seconds,
+                        overlap_seconds=args.overlap_seconds,
+                        max_seconds=args.max_seconds,
+                        batch_size=args.batch_size,
+                    )
+                for message in dict.fromkeys(str(w.message) for w in caught):
+                    print(f"warning: {message}", file=sys.stderr)
                 record.update(
                     duration=round(result.duration, 3),
                     label=result.label,
                     reason=result.reason,
                     scores=result.probabilities,
                     dimensions=result.dimensions,
+                    enhanced=None if target is None else str(target),
                 )
-                if enhanced_dir is not None and result.enhanced is not None:
-                    target = _mirror(enhanced_dir, item.name, written)
-                    if target.exists() and not args.overwrite:
-                        raise FileExistsError(
-                            f"{target} exists (not overwritten; --overwrite replaces it)"
-                        )
-                    write_audio(target, result.enhanced, result.sampling_rate)
-                    record["enhanced"] = str(target)
                 record["error"] = None
             except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
                 message = f"{type(err).__name__}: {err}"

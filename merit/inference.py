@@ -15,6 +15,7 @@ import bisect
 import ctypes
 import functools
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,20 @@ import torch
 
 from merit.audio import MIN_SPEECH_SECONDS, SILENCE_DBFS, prepare_waveform, speech_absence
 from modeling_merit import MeritFeatureExtractor, MeritModel, MeritOutput
-from modeling_merit.audio_merit import ChunkPlan, plan_chunks
+from modeling_merit.audio_merit import (
+    ChunkPlan,
+    absence_reason,
+    frame_length,
+    loudest_frame_rms,
+    plan_chunks,
+)
 
 __all__ = [
     "AnalysisResult",
     "ChunkPlan",
     "Segment",
     "analyze",
+    "analyze_file",
     "cross_fade_weights",
     "load_model",
     "plan_chunks",
@@ -293,25 +301,119 @@ def analyze(
                 f"Audio is {seconds:.1f} s long; the limit is {max_seconds:g} s (max_seconds)."
             )
     audio = prepare_waveform(waveform, sampling_rate, rate)
-    total = audio.shape[0]
     reason = speech_absence(audio, rate, min_seconds=min_speech_seconds, silence_dbfs=silence_dbfs)
+    enhances = model.config.has_enhancement_head
     if reason is not None:
-        return AnalysisResult(
-            probabilities=None,
-            label=None,
-            dimensions=None,
-            timeline=[],
-            enhanced=audio if model.config.has_enhancement_head else None,
-            sampling_rate=rate,
-            routing={},
-            duration=total / rate,
-            routing_hop=model.frame_hop / rate,
-            reason=reason,
+        return _absent(model, reason, audio.shape[0], audio if enhances else None)
+    sink = _ArraySink(audio.shape[0]) if enhances else None
+    return _run_chunks(
+        model, feature_extractor, _ArraySource(audio), chunk, overlap, batch_size, sink, progress
+    )
+
+
+def analyze_file(
+    model: MeritModel,
+    feature_extractor: MeritFeatureExtractor | None,
+    path: str | Path,
+    *,
+    enhanced_path: str | Path | None = None,
+    chunk_seconds: float = 10.0,
+    overlap_seconds: float = 1.0,
+    max_seconds: float | None = None,
+    batch_size: int = 4,
+    progress: bool = False,
+    min_speech_seconds: float = MIN_SPEECH_SECONDS,
+    silence_dbfs: float = SILENCE_DBFS,
+) -> AnalysisResult:
+    """:func:`analyze` for an audio file of any length, read and written in chunks.
+
+    Memory does not grow with the recording: each chunk is read from the file (mixed down and
+    resampled with a margin, so it matches resampling the whole file), and the enhanced audio,
+    when ``enhanced_path`` is given, is cross-faded and written as 16-bit PCM WAV block by
+    block (to a temporary name, renamed when complete, so a failure leaves no half file; an
+    existing file is replaced). ``result.enhanced`` is ``None``: the audio is in the file.
+    The length limit ``max_seconds`` is checked from the header, before anything is decoded.
+    """
+    rate = int(model.config.sampling_rate)
+    if feature_extractor is None:
+        feature_extractor = MeritFeatureExtractor(sampling_rate=rate)
+    min_samples = int(model.min_input_samples)
+    chunk, overlap = _check_settings(chunk_seconds, overlap_seconds, batch_size, min_samples, rate)
+    source = _FileSource(Path(path), rate)
+    if max_seconds is not None and source.seconds > max_seconds:
+        raise ValueError(
+            f"Audio is {source.seconds:.1f} s long; the limit is {max_seconds:g} s (max_seconds)."
         )
-    if total < min_samples:
-        audio = np.pad(audio, (0, min_samples - total))
-    plan = plan_chunks(audio.shape[0], chunk, overlap)
-    collector = _Collector(model, plan)
+    reason = absence_reason(
+        source.total,
+        source.loudest_frame_rms() if source.total >= min_speech_seconds * rate else 0.0,
+        rate,
+        min_seconds=min_speech_seconds,
+        silence_dbfs=silence_dbfs,
+    )
+    sink = None
+    if enhanced_path is not None and model.config.has_enhancement_head:
+        sink = _WavSink(Path(enhanced_path), source.total, rate)
+    try:
+        if reason is not None:
+            if sink is not None:  # the input passes through, as analyze() returns it
+                for start in range(0, source.total, _BLOCK_SECONDS * rate):
+                    stop = min(source.total, start + _BLOCK_SECONDS * rate)
+                    sink.add(start, source.read(start, stop))
+                    sink.flush(stop)
+            result = _absent(model, reason, source.total, None)
+        else:
+            result = _run_chunks(
+                model, feature_extractor, source, chunk, overlap, batch_size, sink, progress
+            )
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    if sink is not None:
+        sink.close()
+    return result
+
+
+#: Block length for whole-file passes (level check, pass-through copies), in seconds.
+_BLOCK_SECONDS = 60
+
+
+def _absent(
+    model: MeritModel, reason: str, total: int, enhanced: np.ndarray | None
+) -> AnalysisResult:
+    """The result for audio the model is not asked about (see :func:`speech_absence`)."""
+    rate = int(model.config.sampling_rate)
+    return AnalysisResult(
+        probabilities=None,
+        label=None,
+        dimensions=None,
+        timeline=[],
+        enhanced=enhanced,
+        sampling_rate=rate,
+        routing={},
+        duration=total / rate,
+        routing_hop=model.frame_hop / rate,
+        reason=reason,
+    )
+
+
+def _run_chunks(
+    model: MeritModel,
+    feature_extractor: MeritFeatureExtractor,
+    source: _ArraySource | _FileSource,
+    chunk: int,
+    overlap: int,
+    batch_size: int,
+    sink: _ArraySink | _WavSink | None,
+    progress: bool,
+) -> AnalysisResult:
+    """The chunked analysis shared by arrays and files: the plan, batches, the collector."""
+    rate = int(model.config.sampling_rate)
+    total = source.total
+    min_samples = int(model.min_input_samples)
+    plan = plan_chunks(max(total, min_samples), chunk, overlap)
+    collector = _Collector(model, plan, sink)
     device = next(model.parameters()).device
 
     batches = _batches(plan, batch_size)
@@ -325,15 +427,140 @@ def analyze(
     try:
         with torch.inference_mode():
             for indices in batches:
-                pieces = [audio[plan.starts[i] : plan.starts[i] + plan.length] for i in indices]
+                pieces = [
+                    _padded(source.read(plan.starts[i], plan.starts[i] + plan.length), plan.length)
+                    for i in indices
+                ]
                 inputs = feature_extractor(pieces, sampling_rate=rate, return_tensors="pt")
                 collector.add(indices, model(input_values=inputs["input_values"].to(device)))
-                del inputs
+                del inputs, pieces
                 if len(plan.starts) > batch_size:
                     _return_freed_memory()
     finally:
         model.train(was_training)
     return collector.result(total)
+
+
+def _padded(piece: np.ndarray, length: int) -> np.ndarray:
+    """Zero-pad audio shorter than the model's minimum input (the output is cropped back)."""
+    return piece if piece.shape[0] >= length else np.pad(piece, (0, length - piece.shape[0]))
+
+
+class _ArraySource:
+    """Chunks of an in-memory waveform at the model's rate."""
+
+    def __init__(self, audio: np.ndarray):
+        self.audio, self.total = audio, int(audio.shape[0])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.audio[start:stop]
+
+
+class _FileSource:
+    """Chunks of an audio file at the model's rate, decoded on demand.
+
+    A chunk is read with a margin around it, starting on a sample where the file's and the
+    model's sampling grids meet, so resampling the piece gives the whole-file resampling's
+    samples (the resampler's kernel spans a few source samples; the margin is 50 ms).
+    """
+
+    def __init__(self, path: Path, rate: int):
+        from merit.audio import audio_info
+
+        self.path, self.rate = path, rate
+        self.frames, self.file_rate = audio_info(path)
+        if self.frames == 0:
+            raise ValueError(f"{path}: audio is empty (0 samples)")
+        self.total = math.ceil(self.frames * rate / self.file_rate)
+        common = math.gcd(rate, self.file_rate)
+        self.step, self.file_step = rate // common, self.file_rate // common
+        self.margin = math.ceil(0.05 * rate / self.step) * self.step
+        self.seconds = self.frames / self.file_rate
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        from merit.audio import load_audio
+
+        stop = min(stop, self.total)
+        if self.file_rate == self.rate:
+            return load_audio(self.path, self.rate, start=start, stop=stop)
+        low = max(0, start - self.margin) // self.step * self.step
+        high = -(-min(self.total, stop + self.margin) // self.step) * self.step
+        file_stop = min(self.frames, high // self.step * self.file_step)
+        piece = load_audio(
+            self.path, self.rate, start=low // self.step * self.file_step, stop=file_stop
+        )
+        return piece[start - low : stop - low]
+
+    def loudest_frame_rms(self) -> float:
+        """:func:`loudest_frame_rms` of the whole resampled recording, block by block."""
+        block = _BLOCK_SECONDS * self.rate // frame_length(self.rate) * frame_length(self.rate)
+        return max(
+            loudest_frame_rms(self.read(start, min(self.total, start + block)), self.rate)
+            for start in range(0, self.total, block)
+        )
+
+
+class _ArraySink:
+    """The enhanced waveform, cross-faded into one preallocated array."""
+
+    def __init__(self, total: int):
+        self.audio = np.zeros(total, dtype=np.float32)
+
+    def add(self, start: int, samples: np.ndarray) -> None:
+        stop = min(start + samples.shape[0], self.audio.shape[0])
+        self.audio[start:stop] += samples[: stop - start]
+
+    def flush(self, upto: int) -> None:
+        """Samples before ``upto`` are complete (nothing to do in memory)."""
+
+    def result(self) -> np.ndarray:
+        return self.audio
+
+
+class _WavSink:
+    """The enhanced waveform written to a WAV file as it completes: only the samples still
+    open to later chunks' cross-fades are held."""
+
+    def __init__(self, path: Path, total: int, rate: int):
+        import soundfile as sf
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.total = path, total
+        self.partial = path.with_name(path.name + ".partial")
+        self.file = sf.SoundFile(
+            str(self.partial), "w", samplerate=rate, channels=1, subtype="PCM_16", format="WAV"
+        )
+        self.written = 0
+        self.pending = np.zeros(0, dtype=np.float32)
+
+    def add(self, start: int, samples: np.ndarray) -> None:
+        stop = min(start + samples.shape[0], self.total)
+        needed = stop - self.written
+        if needed > self.pending.shape[0]:
+            self.pending = np.concatenate(
+                [self.pending, np.zeros(needed - self.pending.shape[0], np.float32)]
+            )
+        self.pending[start - self.written : stop - self.written] += samples[: stop - start]
+
+    def flush(self, upto: int) -> None:
+        """Write out the samples before ``upto``: no later chunk reaches them."""
+        count = min(upto, self.total) - self.written
+        if count > 0:
+            self.file.write(np.clip(self.pending[:count], -1.0, 1.0))
+            self.pending = self.pending[count:].copy()
+            self.written += count
+
+    def result(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.flush(self.total)
+        self.file.close()
+        os.replace(self.partial, self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.partial.unlink(missing_ok=True)
 
 
 def _return_freed_memory() -> None:
@@ -366,15 +593,15 @@ class _Collector:
     file-level routing matrices. Model outputs are dropped as soon as they are folded in.
     """
 
-    def __init__(self, model: MeritModel, plan: ChunkPlan):
+    def __init__(
+        self, model: MeritModel, plan: ChunkPlan, sink: _ArraySink | _WavSink | None = None
+    ):
         config = model.config
         self.plan = plan
         self.rate = int(config.sampling_rate)
         self.hop = int(model.frame_hop)
         self.labels, self.dim_names = config.label_names, config.predicted_dimensions
-        self.enhanced = (
-            np.zeros(plan.total, dtype=np.float32) if config.has_enhancement_head else None
-        )
+        self.sink = sink
         frames = int(model.frame_lengths(torch.tensor(plan.total)))
         self.routing = {
             t: np.zeros((frames, config.num_experts), np.float32) for t in config.routed_tasks
@@ -391,12 +618,12 @@ class _Collector:
             self.probs[indices] = output.logits.float().softmax(-1).cpu().numpy()
         if self.dim_names:
             self.dims[indices] = output.dimensions.float().cpu().numpy()
-        if self.enhanced is not None:
+        if self.sink is not None:
             waves = output.enhanced_waveform.float().cpu().numpy()
             for row, i in enumerate(indices):
-                start = plan.starts[i]
-                faded = waves[row] * cross_fade_weights(plan, i)
-                self.enhanced[start : start + plan.length] += faded
+                self.sink.add(plan.starts[i], waves[row] * cross_fade_weights(plan, i))
+            following = indices[-1] + 1
+            self.sink.flush(plan.starts[following] if following < len(plan.starts) else plan.total)
         for task, matrix in self.routing.items():
             _write_routing(
                 matrix,
@@ -430,7 +657,7 @@ class _Collector:
             label = max(probabilities, key=probabilities.get)
         if self.dim_names:
             dimensions = _named(self.dim_names, shares @ self.dims)
-        enhanced = self.enhanced
+        enhanced = self.sink.result() if self.sink is not None else None
         if enhanced is not None and enhanced.shape[0] != total:
             enhanced = enhanced[:total].copy()
         return AnalysisResult(

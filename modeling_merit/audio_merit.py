@@ -13,7 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MIN_SPEECH_SECONDS", "SILENCE_DBFS", "ChunkPlan", "plan_chunks", "speech_absence"]
+__all__ = [
+    "MIN_SPEECH_SECONDS",
+    "SILENCE_DBFS",
+    "ChunkPlan",
+    "absence_reason",
+    "frame_length",
+    "loudest_frame_rms",
+    "plan_chunks",
+    "speech_absence",
+]
 
 #: Shorter than this, a clip holds at most a syllable: no emotion estimate is given for it.
 MIN_SPEECH_SECONDS = 0.25
@@ -21,6 +30,42 @@ MIN_SPEECH_SECONDS = 0.25
 #: Audio whose loudest 25 ms stays below this level (dB re full scale) counts as silence. A
 #: level gate, not a voice-activity detector: loud noise without speech still gets a label.
 SILENCE_DBFS = -60.0
+
+
+def frame_length(sampling_rate: int) -> int:
+    """Samples in one 25 ms level frame (frames start at sample 0 of the recording)."""
+    return max(1, int(0.025 * sampling_rate))
+
+
+def loudest_frame_rms(mono: np.ndarray, sampling_rate: int) -> float:
+    """RMS of the loudest whole 25 ms frame (of all samples when shorter than one frame).
+
+    Frames are aligned to the start, so a recording read in blocks whose lengths are
+    multiples of :func:`frame_length` gives the same maximum block by block.
+    """
+    mono = np.asarray(mono, dtype=np.float32)
+    if mono.size == 0:
+        return 0.0
+    frame = frame_length(sampling_rate)
+    usable = mono.shape[0] // frame * frame
+    frames = mono[:usable].reshape(-1, frame) if usable else mono[None, :]
+    return float(np.sqrt(np.max(np.mean(np.square(frames, dtype=np.float64), axis=1))))
+
+
+def absence_reason(
+    num_samples: int,
+    loudest_rms: float,
+    sampling_rate: int,
+    *,
+    min_seconds: float = MIN_SPEECH_SECONDS,
+    silence_dbfs: float = SILENCE_DBFS,
+) -> str | None:
+    """``"too short"``, ``"no speech"`` or ``None`` from a length and a loudest-frame level."""
+    if num_samples < min_seconds * sampling_rate:
+        return "too short"
+    if loudest_rms <= 10 ** (silence_dbfs / 20):
+        return "no speech"
+    return None
 
 
 def speech_absence(
@@ -40,13 +85,13 @@ def speech_absence(
     mono = np.asarray(mono, dtype=np.float32)
     if mono.shape[0] < min_seconds * sampling_rate:
         return "too short"
-    frame = max(1, int(0.025 * sampling_rate))
-    usable = mono.shape[0] // frame * frame
-    frames = mono[:usable].reshape(-1, frame) if usable else mono[None, :]
-    loudest = float(np.sqrt(np.max(np.mean(np.square(frames, dtype=np.float64), axis=1))))
-    if loudest <= 10 ** (silence_dbfs / 20):
-        return "no speech"
-    return None
+    return absence_reason(
+        mono.shape[0],
+        loudest_frame_rms(mono, sampling_rate),
+        sampling_rate,
+        min_seconds=min_seconds,
+        silence_dbfs=silence_dbfs,
+    )
 
 
 @dataclass(frozen=True)

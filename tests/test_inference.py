@@ -297,3 +297,56 @@ def test_quiet_speech_is_still_analysed(model):
     result = analyze(model, None, quiet, SR)
     assert result.reason is None and result.label is not None
     assert sum(result.probabilities.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("rate,channels", [(SR, None), (44_100, 2), (8_000, 1)])
+def test_file_analysis_streams_and_matches_the_in_memory_analysis(tmp_path, rate, channels):
+    import soundfile as sf
+
+    from merit.audio import load_audio
+    from merit.inference import analyze_file
+
+    model = make_model(dimension_names=["arousal"]).eval()
+    path = tmp_path / "long.wav"
+    sf.write(path, noise(7.3, seed=13, rate=rate, channels=channels), rate, subtype="FLOAT")
+    kwargs = dict(chunk_seconds=2.0, overlap_seconds=0.5, batch_size=2)
+    expected = analyze(model, None, load_audio(path), SR, **kwargs)
+    out = tmp_path / "enhanced" / "long.wav"
+    streamed = analyze_file(model, None, path, enhanced_path=out, **kwargs)
+    assert streamed.enhanced is None and streamed.reason is None
+    assert streamed.probabilities == pytest.approx(expected.probabilities, abs=1e-5)
+    assert streamed.dimensions == pytest.approx(expected.dimensions, abs=1e-5)
+    assert [s.label for s in streamed.timeline] == [s.label for s in expected.timeline]
+    for task, matrix in expected.routing.items():
+        np.testing.assert_allclose(streamed.routing[task], matrix, atol=1e-5)
+    written, written_rate = sf.read(out, dtype="float32")
+    assert written_rate == SR and written.shape == expected.enhanced.shape
+    pcm = np.round(np.clip(expected.enhanced, -1, 1) * 32767) / 32768
+    np.testing.assert_allclose(written, pcm, atol=2 / 32768)
+    assert list(out.parent.iterdir()) == [out]  # no partial file left behind
+
+
+def test_file_analysis_of_silence_and_of_a_file_that_breaks_mid_way(tmp_path):
+    import soundfile as sf
+
+    from merit.inference import analyze_file
+
+    model = make_model().eval()
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(3 * SR), SR)
+    out = tmp_path / "out" / "silent.wav"
+    result = analyze_file(model, None, silent, enhanced_path=out)
+    assert result.reason == "no speech" and result.label is None
+    assert np.all(sf.read(out)[0] == 0) and sf.info(out).frames == 3 * SR
+    broken = tmp_path / "broken.wav"
+    audio = noise(4.0, seed=14)
+    audio[3 * SR] = np.nan  # decodes fine up to the third second
+    sf.write(broken, audio, SR, subtype="FLOAT")
+    target = tmp_path / "out" / "broken.wav"
+    with pytest.raises(ValueError, match="NaN"):
+        analyze_file(
+            model, None, broken, enhanced_path=target, chunk_seconds=1.0, overlap_seconds=0.2
+        )
+    assert not target.exists() and not (tmp_path / "out" / "broken.wav.partial").exists()
+    with pytest.raises(ValueError, match="limit is 2 s"):
+        analyze_file(model, None, broken, max_seconds=2)
