@@ -26,6 +26,15 @@ batches to a plateau, so 1 minute (2 batches) sits below the 30- and 60-minute r
 match; with ``MALLOC_MMAP_THRESHOLD_`` fixed, the climb is small.
 
 Usage: ``python benchmarks/long_audio.py [--minutes 1 30 60] [--chunk-seconds 10]``
+
+``--files`` measures what a user of ``merit predict`` sees instead: the peak resident memory of
+the whole CLI process (model loading included; ``wait4`` max RSS of the child) on WAV files
+of 1 min, 30 min and 2 h, mono and stereo, at 16 and 44.1 kHz, with enhanced audio written
+(``analyze_file`` streams: each chunk is decoded, resampled and written out on its own). The
+model is a very small random one (the question is how memory scales with the file, not the
+model's size). Writes ``benchmarks/results/long_audio_files.md``:
+
+    python benchmarks/long_audio.py --files [--minutes 1 30 120]
 """
 
 from __future__ import annotations
@@ -125,6 +134,125 @@ def _run_worker(minutes: float, allocator: str, args: argparse.Namespace) -> dic
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+RESULTS_FILES = ROOT / "benchmarks" / "results" / "long_audio_files.md"
+
+
+def _write_noise_wav(path: Path, minutes: float, rate: int, channels: int) -> None:
+    """Synthetic noise as 16-bit PCM, written a minute at a time (never whole in memory)."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    total = int(minutes * 60 * rate)
+    with sf.SoundFile(str(path), "w", samplerate=rate, channels=channels, subtype="PCM_16") as f:
+        for start in range(0, total, 60 * rate):
+            count = min(60 * rate, total - start)
+            f.write(rng.standard_normal((count, channels), dtype=np.float32) * 0.1)
+
+
+def _small_model(folder: Path) -> None:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from modeling_merit import (
+        MeritFeatureExtractor,
+        MeritModel,
+        minimal_backbone_config,
+        minimal_merit_config,
+    )
+
+    torch.manual_seed(0)
+    backbone = minimal_backbone_config(
+        conv_dim=(16,) * 7,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    config = minimal_merit_config(backbone_config=backbone)
+    MeritModel(config).save_pretrained(folder)
+    MeritFeatureExtractor().save_pretrained(folder)
+
+
+def _predict_peak(model: Path, audio: Path, out: Path, args: argparse.Namespace) -> dict:
+    """Run ``merit predict`` on one file in a fresh process; its peak RSS and wall time."""
+    command = [sys.executable, "-m", "merit.cli", "predict", "--model", str(model)]
+    command += ["--input", str(audio), "--output", str(out / "results.jsonl")]
+    command += ["--enhanced-dir", str(out / "enhanced"), "--no-progress", "--overwrite"]
+    command += ["--chunk-seconds", str(args.chunk_seconds), "--batch-size", str(args.batch_size)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    stderr = process.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"merit predict failed on {audio.name}:\n{stderr[-3000:]}")
+    record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    return {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024, "label": record["label"]}
+
+
+def files_main(args: argparse.Namespace) -> None:
+    import tempfile
+
+    rows, table = [], []
+    with tempfile.TemporaryDirectory(prefix="merit-long-") as tmp:
+        work = Path(tmp)
+        _small_model(work / "model")
+        for minutes in args.minutes:
+            for rate in (16_000, 44_100):
+                for channels in (1, 2):
+                    audio = work / f"{minutes:g}min-{rate}-{channels}ch.wav"
+                    _write_noise_wav(audio, minutes, rate, channels)
+                    row = _predict_peak(work / "model", audio, work / "out", args)
+                    row.update(
+                        minutes=minutes,
+                        rate=rate,
+                        channels=channels,
+                        file_mib=audio.stat().st_size / 2**20,
+                    )
+                    audio.unlink()
+                    rows.append(row)
+                    line = (
+                        f"| {minutes:g} | {rate} | {channels} | {row['file_mib']:.0f} | "
+                        f"{row['seconds']:.0f} | {row['peak_mib']:.0f} |"
+                    )
+                    table.append(line)
+                    print(line, flush=True)
+    shortest = [r for r in rows if r["minutes"] == min(args.minutes)]
+    longest = [r for r in rows if r["minutes"] == max(args.minutes)]
+    ratios = [
+        f"- {hi['rate']} Hz, {hi['channels']} ch: peak({hi['minutes']:g} min) / "
+        f"peak({lo['minutes']:g} min) = {hi['peak_mib'] / lo['peak_mib']:.2f}"
+        for lo, hi in zip(shortest, longest, strict=True)
+    ]
+    worst = max(r["peak_mib"] for r in rows)
+    command = (
+        "python benchmarks/long_audio.py --files --minutes "
+        + " ".join(f"{m:g}" for m in args.minutes)
+        + f" --chunk-seconds {args.chunk_seconds:g} --batch-size {args.batch_size}"
+        + f" --threads {args.threads}"
+    )
+    lines = [
+        "# Peak memory of `merit predict` on long files (streamed)",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Whole-process peak resident memory (`wait4` max RSS: Python, torch, the model and the "
+        "analysis) of `merit predict --enhanced-dir` on one 16-bit PCM WAV of synthetic noise, "
+        "a fresh process per file, a very small random model. The target was under 1 GiB for "
+        f"any length; the largest peak measured is {worst:.0f} MiB.",
+        "",
+        "| minutes | rate (Hz) | channels | file (MiB) | wall (s) | peak RSS (MiB) |",
+        "|---:|---:|---:|---:|---:|---:|",
+        *table,
+        "",
+        *ratios,
+    ]
+    if not args.no_write:
+        write_report(RESULTS_FILES, lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 30, 60])
@@ -136,7 +264,13 @@ def main() -> None:
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="do not write the results file")
+    parser.add_argument(
+        "--files", action="store_true", help="measure `merit predict` on WAV files instead"
+    )
     args = parser.parse_args()
+    if args.files:
+        files_main(args)
+        return
 
     if args.worker:
         row = _worker(args.minutes[0], args.chunk_seconds, args.batch_size, args.threads)

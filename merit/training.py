@@ -140,6 +140,10 @@ class ModelArguments:
     num_experts: int = field(default=8, metadata={"help": "size of the shared expert pool"})
     router_top_k: int = field(default=2, metadata={"help": "experts per frame (sparse)"})
     expert_dropout: float = field(default=0.1)
+    mask_ceiling: float = field(
+        default=1.0,
+        metadata={"help": "SE mask = min(1, ceiling * sigmoid): > 1 lets clean speech pass"},
+    )
     tiny_hidden_size: int = field(
         default=128, metadata={"help": "width of the 'tiny' backbone (ignored otherwise)"}
     )
@@ -328,6 +332,7 @@ def build_model(
         num_experts=model_args.num_experts,
         router_top_k=model_args.router_top_k,
         expert_dropout=model_args.expert_dropout,
+        mask_ceiling=model_args.mask_ceiling,
         ser_loss_weight=model_args.ser_loss_weight,
         se_loss_weight=model_args.se_loss_weight,
         load_balance_coef=model_args.load_balance_coef,

@@ -182,6 +182,11 @@ class MeritConfig(PretrainedConfig):
         mag_compression (`float`, *optional*, defaults to 0.3):
             Exponent applied to magnitudes in the SE loss, which weights quiet bins more like
             hearing does.
+        mask_ceiling (`float`, *optional*, defaults to 1.0):
+            The SE mask is `min(1, mask_ceiling * sigmoid(z))`. A sigmoid only approaches 1,
+            so with the default a clean input is always attenuated a little (a uniform gain g
+            caps each frame's SNR at -20 log10(1 - g): 20 dB at g = 0.9); above 1 the mask
+            reaches exactly 1 at moderate logits and clean speech can pass untouched.
         se_sisdr_weight (`float`, *optional*, defaults to 0.0):
             Weight of an extra negative SI-SDR loss on the enhanced waveform.
         adapter_layers (`int`, *optional*, defaults to 0):
@@ -237,6 +242,7 @@ class MeritConfig(PretrainedConfig):
         hop_length: int = 160,
         win_length: int = 400,
         mag_compression: float = 0.3,
+        mask_ceiling: float = 1.0,
         se_sisdr_weight: float = 0.0,
         adapter_layers: int = 0,
         adapter_heads: int = 4,
@@ -313,6 +319,9 @@ class MeritConfig(PretrainedConfig):
         self.hop_length = hop_length
         self.win_length = win_length
         self.mag_compression = mag_compression
+        if not mask_ceiling >= 1.0:
+            raise ValueError(f"mask_ceiling must be >= 1, got {mask_ceiling}")
+        self.mask_ceiling = mask_ceiling
         self.se_sisdr_weight = se_sisdr_weight
         self.adapter_layers = adapter_layers
         self.adapter_heads = adapter_heads

@@ -95,6 +95,7 @@ class MeritSEHead(nn.Module):
         self.hop_length = config.hop_length
         self.win_length = config.win_length
         self.compression = config.mag_compression
+        self.ceiling = getattr(config, "mask_ceiling", 1.0)
         bins = config.n_fft // 2 + 1
         self.mask_net = nn.Sequential(
             nn.Linear(config.hidden_size + bins, config.hidden_size),
@@ -194,6 +195,8 @@ class MeritSEHead(nn.Module):
         features = torch.log(magnitude + 1e-5).transpose(1, 2)  # B, T, F
         context = self.frames_to_stft(hidden, frame_lengths, magnitude.shape[-1])
         mask = torch.sigmoid(self.mask_out(self.mask_net(torch.cat([context, features], -1))))
+        if self.ceiling != 1.0:  # see MeritConfig.mask_ceiling
+            mask = (mask * self.ceiling).clamp_max(1.0)
         return mask.transpose(1, 2)
 
     def forward(
