@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling_merit import MeritModel
+from modeling_merit.heads_merit import MeritSEHead
 
 __all__ = ["DFTEnhancementHead", "OnnxMerit", "export_onnx", "exportable", "onnx_output_names"]
 
@@ -136,6 +137,11 @@ def exportable(model: MeritModel) -> Iterator[MeritModel]:
     """
     dispatch = model.mixture.dispatch
     head, training = model.se_head, model.training
+    if head is not None and not isinstance(head, MeritSEHead):
+        raise ValueError(
+            f"ONNX export supports the 'mask_mlp' enhancement head, not {type(head).__name__} "
+            f"(se_head_type={model.config.se_head_type!r}): its transforms are not re-expressed."
+        )
     try:
         model.set_expert_dispatch(False)
         if head is not None:

@@ -12,7 +12,12 @@ from transformers import (
     AutoModelForAudioClassification,
 )
 
-from .configuration_merit import MeritConfig, minimal_backbone_config, minimal_merit_config
+from .configuration_merit import (
+    MeritConfig,
+    minimal_backbone_config,
+    minimal_merit_config,
+    release_config,
+)
 from .feature_extraction_merit import MeritFeatureExtractor
 from .modeling_merit import MeritModel, MeritOutput
 
@@ -39,4 +44,5 @@ __all__ = [
     "minimal_backbone_config",
     "minimal_merit_config",
     "register_auto_classes",
+    "release_config",
 ]

@@ -14,9 +14,12 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 TASKS = ("ser", "se")
 ROUTING_MODES = ("sparse", "dense", "shared")
 SUPPORTED_BACKBONES = ("wavlm", "wav2vec2", "hubert", "whisper")
-INTEGRATIONS = ("weighted_sum",)
-SER_HEADS = ("attentive_statistics",)
-SE_HEADS = ("mask_mlp",)
+INTEGRATIONS = ("weighted_sum", "concat")
+EXPERT_TYPES = ("residual", "plain")
+ROUTER_WEIGHTINGS = ("topk_softmax", "probability", "hard")
+SER_HEADS = ("attentive_statistics", "release")
+SE_HEADS = ("mask_mlp", "blstm")
+STFT_WINDOWS = ("hann", "hamming")
 DEFAULT_EMOTIONS = ("neutral", "happy", "sad", "angry")
 #: Whisper's front end: 10 ms mel frames, and the encoder's second convolution halves them.
 WHISPER_MEL_HOP = 160
@@ -118,6 +121,59 @@ def minimal_merit_config(**overrides: Any) -> MeritConfig:
     return MeritConfig(**kwargs)
 
 
+#: The authors' release (``RogerTzeng/Sparse-MERIT``) as option values: LayerNorm-and-concatenate
+#: integration, 3 plain experts, top-1 hard (untrained) gates with a bias, their SER and BLSTM SE
+#: heads, a 400-point Hamming STFT. The widths follow the backbone (``release_config``).
+RELEASE_PRESET: dict[str, Any] = dict(
+    integration="concat",
+    expert_type="plain",
+    routing="sparse",
+    num_experts=3,
+    router_top_k=1,
+    router_weighting="hard",
+    router_bias=True,
+    router_noise_std=0.0,
+    load_balance_coef=0.0,
+    router_z_loss_coef=0.0,
+    ser_head_type="release",
+    se_head_type="blstm",
+    se_lstm_size=256,
+    n_fft=400,
+    hop_length=160,
+    win_length=400,
+    stft_window="hamming",
+)
+#: The release's class order (MSP-Podcast's A, S, H, N).
+RELEASE_EMOTIONS = ("angry", "sad", "happy", "neutral")
+
+
+def release_config(
+    backbone_config: PretrainedConfig | None = None, **overrides: Any
+) -> MeritConfig:
+    """A config with the release's architecture on ``backbone_config`` (WavLM-Large by default):
+    experts ``layers x width -> 4 x width -> width`` (25,600 -> 4,096 -> 1,024 on WavLM-Large)."""
+    backbone_config = backbone_config or CONFIG_MAPPING["wavlm"](
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        conv_bias=True,
+        layerdrop=0.0,
+    )
+    width = backbone_config.hidden_size
+    kwargs: dict[str, Any] = dict(
+        RELEASE_PRESET,
+        backbone_config=backbone_config,
+        hidden_size=width,
+        expert_hidden_size=4 * width,
+        id2label=dict(enumerate(RELEASE_EMOTIONS)),
+    )
+    kwargs.update(overrides)
+    return MeritConfig(**kwargs)
+
+
 class MeritConfig(PretrainedConfig):
     r"""Configuration of a Sparse MERIT model (Tzeng, Busso & Lee, 2025).
 
@@ -140,15 +196,48 @@ class MeritConfig(PretrainedConfig):
             shared feed-forward projection, no gates.
         integration (`str`, *optional*, defaults to `"weighted_sum"`):
             How each task combines the backbone layers: ``"weighted_sum"``, a learned softmax
-            weight per layer, then a LayerNorm and a projection to ``hidden_size``.
+            weight per layer, then a LayerNorm and a projection to ``hidden_size`` (ours: the
+            experts see a ``hidden_size``-wide frame whatever the backbone's depth);
+            ``"concat"``, the authors' release: a LayerNorm per layer, then all layers
+            concatenated (``num_backbone_layers x backbone_hidden_size`` features per frame,
+            25,600 for WavLM-Large), shared by the tasks. Needs ``expert_type="plain"``.
+        expert_type (`str`, *optional*, defaults to `"residual"`):
+            ``"residual"``: experts are GELU MLPs ``hidden -> expert_hidden -> hidden`` whose
+            routed mix is added to the frame and LayerNorm-ed (ours: a frame keeps its
+            integrated representation when its experts add little). ``"plain"``: the release's
+            ``integrated -> expert_hidden -> ReLU -> hidden_size`` MLP, no residual, no norm.
+        router_weighting (`str`, *optional*, defaults to `"topk_softmax"`):
+            How the chosen experts' outputs are weighted, which decides whether the task loss
+            trains the gate. ``"topk_softmax"``: softmax over the ``k`` chosen logits (ours,
+            Mixtral-style; with top-1 the weight is always 1, so only the auxiliary losses train
+            the gate). ``"probability"``: each chosen expert's full-softmax gate probability
+            (Switch-style: with top-1 the task gradient reaches the gate). ``"hard"``: the
+            release's one-hot argmax mask, weight 1, no auxiliary losses: the gate gets no
+            gradient and keeps its initial weights, a fixed random partition of the features.
+        router_bias (`bool`, *optional*, defaults to `False`):
+            Gates with a bias term (the release's gates have one).
         ser_head_type (`str`, *optional*, defaults to `"attentive_statistics"`):
             Emotion head: attentive statistics pooling, then an MLP classifier (and the
-            dimensional regressor when ``dimension_names`` is set).
+            dimensional regressor when ``dimension_names`` is set). ``"release"``: the
+            authors' parametrisation: attention ``tanh(W x) . a`` with a ``hidden_size``-wide
+            ``W``, the standard deviation clamped at 1e-5 inside the root, and a classifier
+            Dropout 0.5, Linear, LayerNorm, ReLU, Dropout 0.5, Linear.
         se_head_type (`str`, *optional*, defaults to `"mask_mlp"`):
             Enhancement head: a frame-wise MLP predicting a bounded magnitude mask on the noisy
-            STFT, trained on compressed magnitudes.
+            STFT, trained on compressed magnitudes. ``"blstm"``: the release's head: noisy
+            log1p magnitudes and the SE feature (backbone frames repeated onto STFT frames),
+            Linear to ``se_lstm_size``, a 2-layer bidirectional LSTM with the directions
+            summed, a sigmoid mask on the log1p magnitude, L1 loss on log1p magnitudes.
+        se_lstm_size (`int`, *optional*, defaults to 256):
+            Width of the ``"blstm"`` head's LSTM (and its input projection).
+        stft_window (`str`, *optional*, defaults to `"hann"`):
+            Window of the SE head's STFT (``"hamming"`` for the release).
+        input_mean / input_std (`float`, *optional*):
+            A stored global waveform mean and standard deviation (the release normalises
+            with the training set's). When set they replace per-utterance normalisation.
         hidden_size (`int`, *optional*, defaults to 256):
-            Width of the integrated representation the experts work on.
+            Width of the representation the experts produce and the heads read (with
+            ``"weighted_sum"`` also what the experts work on).
         num_experts (`int`, *optional*, defaults to 8):
             Size of the shared expert pool.
         router_top_k (`int`, *optional*, defaults to 2):
@@ -224,6 +313,13 @@ class MeritConfig(PretrainedConfig):
         integration: str = "weighted_sum",
         ser_head_type: str = "attentive_statistics",
         se_head_type: str = "mask_mlp",
+        expert_type: str = "residual",
+        router_weighting: str = "topk_softmax",
+        router_bias: bool = False,
+        se_lstm_size: int = 256,
+        stft_window: str = "hann",
+        input_mean: float | None = None,
+        input_std: float | None = None,
         hidden_size: int = 256,
         num_experts: int = 8,
         router_top_k: int = 2,
@@ -277,9 +373,21 @@ class MeritConfig(PretrainedConfig):
             ("integration", integration, INTEGRATIONS),
             ("ser_head_type", ser_head_type, SER_HEADS),
             ("se_head_type", se_head_type, SE_HEADS),
+            ("expert_type", expert_type, EXPERT_TYPES),
+            ("router_weighting", router_weighting, ROUTER_WEIGHTINGS),
+            ("stft_window", stft_window, STFT_WINDOWS),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got '{value}'.")
+        if integration == "concat" and expert_type != "plain":
+            raise ValueError(
+                "integration='concat' needs expert_type='plain': residual experts add their "
+                "output to a hidden_size-wide frame, the concatenation is far wider."
+            )
+        if (input_mean is None) != (input_std is None) or (
+            input_std is not None and input_std <= 0
+        ):
+            raise ValueError("input_mean and input_std go together, with input_std > 0.")
         if normalize_input is None:
             normalize_input = backbone_config.model_type != "whisper"
         if not 1 <= router_top_k <= num_experts:
@@ -296,6 +404,13 @@ class MeritConfig(PretrainedConfig):
             kwargs["label2id"] = {v: int(k) for k, v in kwargs["id2label"].items()}
 
         self.backbone_config = backbone_config
+        self.expert_type = expert_type
+        self.router_weighting = router_weighting
+        self.router_bias = router_bias
+        self.se_lstm_size = se_lstm_size
+        self.stft_window = stft_window
+        self.input_mean = input_mean
+        self.input_std = input_std
         self.tasks = tasks
         self.routing = routing
         self.integration = integration
@@ -346,6 +461,13 @@ class MeritConfig(PretrainedConfig):
     @property
     def backbone_hidden_size(self) -> int:
         return self.backbone_config.hidden_size
+
+    @property
+    def integrated_size(self) -> int:
+        """Width of one frame after layer integration: what the gates and experts read."""
+        if self.integration == "concat":
+            return self.num_backbone_layers * self.backbone_hidden_size
+        return self.hidden_size
 
     @property
     def routed_tasks(self) -> list[str]:
@@ -415,6 +537,11 @@ class MeritConfig(PretrainedConfig):
 
 
 __all__ = [
+    "RELEASE_EMOTIONS",
+    "RELEASE_PRESET",
+    "release_config",
+    "EXPERT_TYPES",
+    "ROUTER_WEIGHTINGS",
     "MeritConfig",
     "backbone_frame_geometry",
     "minimal_backbone_config",

@@ -15,6 +15,10 @@ __all__ = [
     "SER_HEADS",
     "SE_HEADS",
     "AttentiveStatisticsPooling",
+    "MeritBLSTMSEHead",
+    "ReleaseAttentivePooling",
+    "ReleaseSERHead",
+    "STFTMaskHead",
     "MeritSEHead",
     "MeritSERHead",
     "build_heads",
@@ -43,32 +47,65 @@ class AttentiveStatisticsPooling(nn.Module):
         return torch.cat([mean, var.clamp_min(1e-6).sqrt()], dim=-1)
 
 
-class MeritSERHead(nn.Module):
-    """Emotion head: attentive statistics pooling, categorical classifier, optional dimensions."""
+class ReleaseAttentivePooling(nn.Module):
+    """The authors' attentive statistics pooling: scores ``tanh(W x) . a`` with a square ``W``
+    and an attention vector ``a``, the standard deviation clamped at 1e-5 inside the root."""
 
-    def __init__(self, config: MeritConfig):
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.sap_linear = nn.Linear(hidden_size, hidden_size)
+        self.attention = nn.Parameter(torch.randn(hidden_size, 1) * hidden_size**-0.5)
+
+    def forward(self, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        scores = (torch.tanh(self.sap_linear(hidden)) @ self.attention).squeeze(-1)
+        alpha = scores.masked_fill(~frame_mask, float("-inf")).softmax(-1).unsqueeze(-1)
+        mean = (alpha * hidden).sum(1)
+        var = (alpha * hidden.pow(2)).sum(1) - mean.pow(2)
+        return torch.cat([mean, var.clamp_min(1e-5).sqrt()], dim=-1)
+
+
+def _regressor(config: MeritConfig) -> nn.Module | None:
+    """The dimensional head on pooled statistics (``None`` without ``dimension_names``)."""
+    if not config.has_dimension_head:
+        return None
+    size = config.hidden_size
+    return nn.Sequential(
+        nn.Linear(2 * size, size), nn.ReLU(), nn.Linear(size, len(config.dimension_names))
+    )
+
+
+class MeritSERHead(nn.Module):
+    """Emotion head: attentive statistics pooling, categorical classifier, optional dimensions.
+
+    ``release=True`` (``ser_head_type="release"``): the authors' pooling and their classifier,
+    Dropout 0.5, Linear, LayerNorm, ReLU, Dropout 0.5, Linear.
+    """
+
+    def __init__(self, config: MeritConfig, release: bool = False):
         super().__init__()
         size = config.hidden_size
-        self.pooling = AttentiveStatisticsPooling(size)
-        self.classifier = (
-            nn.Sequential(
+        self.pooling = (
+            ReleaseAttentivePooling(size) if release else AttentiveStatisticsPooling(size)
+        )
+        classifier = None
+        if config.has_emotion_head and release:
+            classifier = nn.Sequential(
+                nn.Dropout(0.5),
+                nn.Linear(2 * size, size),
+                nn.LayerNorm(size),
+                nn.ReLU(),
+                nn.Dropout(0.5),
+                nn.Linear(size, config.num_labels),
+            )
+        elif config.has_emotion_head:
+            classifier = nn.Sequential(
                 nn.Linear(2 * size, size),
                 nn.ReLU(),
                 nn.Dropout(config.expert_dropout),
                 nn.Linear(size, config.num_labels),
             )
-            if config.has_emotion_head
-            else None
-        )
-        self.regressor = (
-            nn.Sequential(
-                nn.Linear(2 * size, size),
-                nn.ReLU(),
-                nn.Linear(size, len(config.dimension_names)),
-            )
-            if config.has_dimension_head
-            else None
-        )
+        self.classifier = classifier
+        self.regressor = _regressor(config)
 
     def forward(
         self, hidden: torch.Tensor, frame_mask: torch.Tensor
@@ -80,13 +117,11 @@ class MeritSERHead(nn.Module):
         return logits, dims
 
 
-class MeritSEHead(nn.Module):
-    """Enhancement head: a bounded magnitude mask on the noisy STFT, noisy phase kept.
+class STFTMaskHead(nn.Module):
+    """What every enhancement head shares: the STFT, the valid frames, the overlap-add.
 
-    Backbone frames (20 ms hop) are interpolated onto STFT frames by absolute time, the mask
-    network also sees the noisy log-magnitude (fine spectral detail the SSL features smooth
-    out), and the waveform comes back by overlap-add with each utterance's own frames only, so a
-    padded batch gives the same audio as one-by-one processing.
+    Zero-padded centred STFT and an inverse over each utterance's own frames, so a padded batch
+    gives the same audio as one-by-one processing.
     """
 
     def __init__(self, config: MeritConfig, frame_offset: float, frame_hop: int):
@@ -94,28 +129,16 @@ class MeritSEHead(nn.Module):
         self.n_fft = config.n_fft
         self.hop_length = config.hop_length
         self.win_length = config.win_length
-        self.compression = config.mag_compression
-        self.ceiling = getattr(config, "mask_ceiling", 1.0)
-        bins = config.n_fft // 2 + 1
-        self.mask_net = nn.Sequential(
-            nn.Linear(config.hidden_size + bins, config.hidden_size),
-            nn.GELU(),
-            nn.Linear(config.hidden_size, config.hidden_size),
-            nn.GELU(),
+        self.window_fn = (
+            torch.hamming_window if config.stft_window == "hamming" else torch.hann_window
         )
-        self.mask_out = nn.Linear(config.hidden_size, bins)
         self.frame_offset = frame_offset
         self.frame_hop = frame_hop
 
-    def reset_to_pass_through(self) -> None:
-        """An untrained model should not mute its input: the mask starts near 1 (sigmoid 3)."""
-        nn.init.zeros_(self.mask_out.weight)
-        nn.init.constant_(self.mask_out.bias, 3.0)
-
     def window(self, reference: torch.Tensor) -> torch.Tensor:
-        """Hann window built on demand: a non-persistent buffer would come back uninitialised
+        """Window built on demand: a non-persistent buffer would come back uninitialised
         from ``from_pretrained`` (weights are materialised from the checkpoint only)."""
-        return torch.hann_window(self.win_length, device=reference.device, dtype=reference.dtype)
+        return self.window_fn(self.win_length, device=reference.device, dtype=reference.dtype)
 
     def stft(self, waveform: torch.Tensor) -> torch.Tensor:
         """Zero-padded (not reflected) centred STFT, so padding a batch changes no valid frame."""
@@ -169,6 +192,34 @@ class MeritSEHead(nn.Module):
         if signal.shape[1] < total:
             signal = F.pad(signal, (0, total - signal.shape[1]))
         return signal
+
+
+class MeritSEHead(STFTMaskHead):
+    """Enhancement head: a bounded magnitude mask on the noisy STFT, noisy phase kept.
+
+    Backbone frames (20 ms hop) are interpolated onto STFT frames by absolute time, the mask
+    network also sees the noisy log-magnitude (fine spectral detail the SSL features smooth
+    out), and the waveform comes back by overlap-add with each utterance's own frames only, so a
+    padded batch gives the same audio as one-by-one processing.
+    """
+
+    def __init__(self, config: MeritConfig, frame_offset: float, frame_hop: int):
+        super().__init__(config, frame_offset, frame_hop)
+        self.compression = config.mag_compression
+        self.ceiling = getattr(config, "mask_ceiling", 1.0)
+        bins = config.n_fft // 2 + 1
+        self.mask_net = nn.Sequential(
+            nn.Linear(config.hidden_size + bins, config.hidden_size),
+            nn.GELU(),
+            nn.Linear(config.hidden_size, config.hidden_size),
+            nn.GELU(),
+        )
+        self.mask_out = nn.Linear(config.hidden_size, bins)
+
+    def reset_to_pass_through(self) -> None:
+        """An untrained model should not mute its input: the mask starts near 1 (sigmoid 3)."""
+        nn.init.zeros_(self.mask_out.weight)
+        nn.init.constant_(self.mask_out.bias, 3.0)
 
     def frames_to_stft(
         self, hidden: torch.Tensor, frame_lengths: torch.Tensor, num_stft_frames: int
@@ -230,8 +281,97 @@ class MeritSEHead(nn.Module):
         return (error * valid).sum() / valid.sum().clamp_min(1)
 
 
-SER_HEADS: dict[str, type[nn.Module]] = {"attentive_statistics": MeritSERHead}
-SE_HEADS: dict[str, type[nn.Module]] = {"mask_mlp": MeritSEHead}
+class MeritBLSTMSEHead(STFTMaskHead):
+    """The authors' enhancement head (from their BSSE-SE work), on log1p magnitudes.
+
+    Noisy log1p magnitudes and the SE feature (each backbone frame repeated onto the STFT
+    frames it spans, the last one repeated to the end) go through a Linear, a 2-layer
+    bidirectional LSTM whose two directions are summed, and a Linear + sigmoid: a mask on the
+    log1p magnitude. The waveform is ``expm1`` of the masked log1p magnitude with the noisy
+    phase; the loss is L1 on log1p magnitudes. The LSTM reads packed sequences, so padding
+    never reaches an utterance's frames (padded batch = one-by-one).
+    """
+
+    eps = 1e-8
+
+    def __init__(self, config: MeritConfig, frame_offset: float, frame_hop: int):
+        super().__init__(config, frame_offset, frame_hop)
+        bins = config.n_fft // 2 + 1
+        size = config.se_lstm_size
+        self.encoder_in = nn.Linear(bins + config.hidden_size, size)
+        self.blstm = nn.LSTM(size, size, num_layers=2, bidirectional=True, batch_first=True)
+        self.mask_out = nn.Linear(size, bins)
+        self.repeat = max(1, frame_hop // config.hop_length)
+
+    def log_magnitude(self, spec: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(spec.abs() + self.eps)
+
+    def repeat_frames(
+        self, hidden: torch.Tensor, frame_lengths: torch.Tensor, num_stft_frames: int
+    ) -> torch.Tensor:
+        """``(B, frames, H)`` -> ``(B, T, H)``: STFT frame ``t`` takes backbone frame
+        ``t // repeat``, capped at each utterance's last valid frame."""
+        index = torch.arange(num_stft_frames, device=hidden.device) // self.repeat
+        last = (frame_lengths - 1).clamp_min(0)[:, None]
+        index = torch.minimum(index[None, :], last)
+        return torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        noisy: torch.Tensor,
+        sample_lengths: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The enhanced waveform and the enhanced log1p magnitude ``(B, F, T)``."""
+        spec = self.stft(noisy)
+        log_mag = self.log_magnitude(spec)  # B, F, T
+        frames = spec.shape[-1]
+        context = self.repeat_frames(hidden, frame_lengths, frames)
+        features = self.encoder_in(torch.cat([log_mag.transpose(1, 2), context], -1))
+        valid = self.valid_stft_frames(sample_lengths, frames).sum(-1).clamp_min(1)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            features, valid.cpu(), batch_first=True, enforce_sorted=False
+        )
+        encoded, _ = self.blstm(packed)
+        encoded, _ = nn.utils.rnn.pad_packed_sequence(
+            encoded, batch_first=True, total_length=frames
+        )
+        forward_half, backward_half = encoded.chunk(2, dim=-1)
+        mask = torch.sigmoid(self.mask_out(forward_half + backward_half)).transpose(1, 2)
+        enhanced_log = log_mag * mask
+        magnitude = torch.expm1(enhanced_log)
+        phase = spec / spec.abs().clamp_min(1e-12)
+        waveform = self.istft(magnitude * phase, sample_lengths, noisy.shape[-1])
+        return waveform, enhanced_log
+
+    def loss(
+        self,
+        enhanced_log: torch.Tensor,
+        clean: torch.Tensor,
+        sample_lengths: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """L1 between enhanced and clean log1p magnitudes over each utterance's valid frames."""
+        target = self.log_magnitude(self.stft(clean))
+        valid = self.valid_stft_frames(sample_lengths, target.shape[-1])
+        error = (enhanced_log - target).abs().mean(1)  # B, T
+        return (error * valid).sum() / valid.sum().clamp_min(1)
+
+
+class ReleaseSERHead(MeritSERHead):
+    """``ser_head_type="release"``: :class:`MeritSERHead` with the authors' parametrisation."""
+
+    def __init__(self, config: MeritConfig):
+        super().__init__(config, release=True)
+
+
+SER_HEADS: dict[str, type[nn.Module]] = {
+    "attentive_statistics": MeritSERHead,
+    "release": ReleaseSERHead,
+}
+SE_HEADS: dict[str, type[nn.Module]] = {"mask_mlp": MeritSEHead, "blstm": MeritBLSTMSEHead}
 
 
 def build_heads(

@@ -10,7 +10,13 @@ from torch import nn
 
 from .configuration_merit import MeritConfig
 
-__all__ = ["INTEGRATIONS", "MeritWeightedLayerSum", "WAPTransformerAdapter", "build_integration"]
+__all__ = [
+    "INTEGRATIONS",
+    "MeritLayerConcat",
+    "MeritWeightedLayerSum",
+    "WAPTransformerAdapter",
+    "build_integration",
+]
 
 
 class MeritWeightedLayerSum(nn.Module):
@@ -40,7 +46,34 @@ class MeritWeightedLayerSum(nn.Module):
         return self.projection(self.layer_norm(mixed))
 
 
-INTEGRATIONS: dict[str, type[nn.Module]] = {"weighted_sum": MeritWeightedLayerSum}
+class MeritLayerConcat(nn.Module):
+    """The authors' integration: each backbone layer LayerNorm-ed on its own, then all layers
+    concatenated per frame, the same features for every task.
+
+    Nothing is mixed away before the experts, at the price of a frame ``layers`` times wider
+    (25 x 1024 for WavLM-Large) in the gates and the experts' first layer.
+    """
+
+    def __init__(self, config: MeritConfig):
+        super().__init__()
+        self.layer_norms = nn.ModuleList(
+            nn.LayerNorm(config.backbone_hidden_size) for _ in range(config.num_backbone_layers)
+        )
+
+    def layer_weights(self, task: str) -> None:
+        """No learned weighting: every layer enters whole."""
+        return None
+
+    def forward(self, hidden_states: torch.Tensor, task: str) -> torch.Tensor:
+        """``(layers, batch, frames, size)`` -> ``(batch, frames, layers * size)``."""
+        normed = [norm(layer) for norm, layer in zip(self.layer_norms, hidden_states, strict=True)]
+        return torch.cat(normed, dim=-1)
+
+
+INTEGRATIONS: dict[str, type[nn.Module]] = {
+    "weighted_sum": MeritWeightedLayerSum,
+    "concat": MeritLayerConcat,
+}
 
 
 def build_integration(config: MeritConfig) -> nn.Module:

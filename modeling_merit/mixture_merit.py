@@ -22,6 +22,8 @@ from .configuration_merit import MeritConfig
 
 __all__ = [
     "ROUTINGS",
+    "PlainExpert",
+    "build_expert",
     "FeedForward",
     "MeritGate",
     "MeritMixtureOfExperts",
@@ -94,6 +96,26 @@ class FeedForward(nn.Module):
         return self.fc_out(self.dropout(F.gelu(self.fc_in(hidden))))
 
 
+class PlainExpert(nn.Module):
+    """The authors' expert: ``in -> inner -> ReLU -> out``, no residual, no norm (``in`` is the
+    concatenated layers, ``out`` the heads' width)."""
+
+    def __init__(self, input_size: int, inner_size: int, output_size: int):
+        super().__init__()
+        self.fc_in = nn.Linear(input_size, inner_size)
+        self.fc_out = nn.Linear(inner_size, output_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(F.relu(self.fc_in(hidden)))
+
+
+def build_expert(config: MeritConfig, inner_size: int) -> nn.Module:
+    """One expert (or the naive-MTL shared layer, ``inner_size`` wide) of ``config.expert_type``."""
+    if config.expert_type == "plain":
+        return PlainExpert(config.integrated_size, inner_size, config.hidden_size)
+    return FeedForward(config.hidden_size, inner_size, config.expert_dropout)
+
+
 class MeritGate(nn.Module):
     """Task-specific gating network with noisy top-k gating (Shazeer et al., 2017).
 
@@ -101,9 +123,9 @@ class MeritGate(nn.Module):
     together with the load-balancing loss keeps the pool from collapsing onto a few experts.
     """
 
-    def __init__(self, hidden_size: int, num_experts: int, noise_std: float):
+    def __init__(self, hidden_size: int, num_experts: int, noise_std: float, bias: bool = False):
         super().__init__()
-        self.router = nn.Linear(hidden_size, num_experts, bias=False)
+        self.router = nn.Linear(hidden_size, num_experts, bias=bias)
         self.noise = nn.Linear(hidden_size, num_experts, bias=False) if noise_std > 0 else None
         self.noise_std = noise_std
 
@@ -115,20 +137,38 @@ class MeritGate(nn.Module):
         return logits
 
 
+#: ``(chosen logits, chosen indices, full softmax) -> weights`` of the chosen experts.
+ROUTER_WEIGHTINGS = {
+    "topk_softmax": lambda top, indices, probs: top.float().softmax(-1),
+    "probability": lambda top, indices, probs: torch.gather(probs, -1, indices),
+    "hard": lambda top, indices, probs: torch.ones_like(top),
+}
+
+
 class TopKRouting:
-    """Sparse MERIT: each frame goes to its ``k`` highest-scoring experts, weighted by a
-    softmax over those ``k`` logits; the Switch load-balancing loss keeps the pool in use."""
+    """Sparse MERIT: each frame goes to its ``k`` highest-scoring experts; the Switch
+    load-balancing loss keeps the pool in use.
+
+    The chosen experts are weighted per ``config.router_weighting``: a softmax over the ``k``
+    chosen logits (``"topk_softmax"``), their full-softmax probabilities (``"probability"``),
+    or 1 (``"hard"``, the release's one-hot mask, with no auxiliary losses: ``auxiliary`` is
+    false and the gate learns nothing).
+    """
 
     def __init__(self, config: MeritConfig):
         self.k = config.router_top_k
         self.num_experts = config.num_experts
         self.balance_coef = config.load_balance_coef
+        self.weigh = ROUTER_WEIGHTINGS[config.router_weighting]
+        self.auxiliary = config.router_weighting != "hard"
 
     def __call__(
         self, logits: torch.Tensor, probs: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         top_logits, indices = logits.topk(self.k, dim=-1)
-        weights = top_logits.float().softmax(-1).to(logits.dtype)
+        weights = self.weigh(top_logits, indices, probs).to(logits.dtype)
+        if not self.auxiliary:
+            return indices, weights, probs.sum() * 0.0
         balance = self.balance_coef * load_balancing_loss(probs, indices, self.num_experts)
         return indices, weights, balance
 
@@ -139,6 +179,7 @@ class SoftRouting:
 
     def __init__(self, config: MeritConfig):
         self.num_experts = config.num_experts
+        self.auxiliary = True
 
     def __call__(
         self, logits: torch.Tensor, probs: torch.Tensor
@@ -164,16 +205,22 @@ class MeritMixtureOfExperts(nn.Module):
     def __init__(self, config: MeritConfig):
         super().__init__()
         self.experts = nn.ModuleList(
-            FeedForward(config.hidden_size, config.expert_hidden_size, config.expert_dropout)
-            for _ in range(config.num_experts)
+            build_expert(config, config.expert_hidden_size) for _ in range(config.num_experts)
         )
         self.gates = nn.ModuleDict(
             {
-                task: MeritGate(config.hidden_size, config.num_experts, config.router_noise_std)
+                task: MeritGate(
+                    config.integrated_size,
+                    config.num_experts,
+                    config.router_noise_std,
+                    bias=config.router_bias,
+                )
                 for task in config.routed_tasks
             }
         )
-        self.norm = nn.LayerNorm(config.hidden_size)
+        # Residual experts: the routed mix is added to the frame, then normalised.
+        self.norm = nn.LayerNorm(config.hidden_size) if config.expert_type == "residual" else None
+        self.output_size = config.hidden_size
         self.routing = ROUTINGS[config.routing](config)
         self.z_loss_coef = config.router_z_loss_coef
         self.dispatch = True
@@ -184,7 +231,7 @@ class MeritMixtureOfExperts(nn.Module):
         """``tokens (N, d)``, ``indices``/``weights`` ``(N, k)`` -> weighted expert sum."""
         if not self.dispatch:
             every = torch.stack([expert(tokens) for expert in self.experts], dim=1)  # N, E, d
-            chosen = torch.gather(every, 1, indices[..., None].expand(-1, -1, tokens.shape[-1]))
+            chosen = torch.gather(every, 1, indices[..., None].expand(-1, -1, every.shape[-1]))
             return (chosen * weights[..., None]).sum(1)
         # Slot j of frame n is row n * k + j: each expert fills the rows routed to it, then
         # the k rows of a frame are summed. Plain row writes, no scatter-add (which is slow
@@ -194,7 +241,7 @@ class MeritMixtureOfExperts(nn.Module):
         flat_weights = weights.reshape(-1, 1)
         order = torch.argsort(flat_experts, stable=True)
         counts = torch.bincount(flat_experts, minlength=len(self.experts)).tolist()
-        slot_outputs = tokens.new_zeros(flat_experts.shape[0], tokens.shape[-1])
+        slot_outputs = tokens.new_zeros(flat_experts.shape[0], self.output_size)
         start = 0
         for expert, count in zip(self.experts, counts, strict=True):
             if count:
@@ -211,12 +258,14 @@ class MeritMixtureOfExperts(nn.Module):
         logits = self.gates[task](tokens)
         probs = logits.float().softmax(-1)
         indices, weights, balance = self.routing(logits, probs)
-        aux_loss = balance + self.z_loss_coef * router_z_loss(logits.float())
+        aux_loss = balance
+        if self.routing.auxiliary:
+            aux_loss = aux_loss + self.z_loss_coef * router_z_loss(logits.float())
         mixed = self.combine(tokens, indices, weights)
 
         batch, frames = frame_mask.shape
-        output = torch.zeros_like(hidden)
-        output[frame_mask] = self.norm(tokens + mixed)
+        output = hidden.new_zeros(batch, frames, self.output_size)
+        output[frame_mask] = mixed if self.norm is None else self.norm(tokens + mixed)
         full_indices = indices.new_full((batch, frames, indices.shape[-1]), -1)
         full_weights = weights.new_zeros(batch, frames, indices.shape[-1])
         full_probs = probs.new_zeros(batch, frames, probs.shape[-1])
@@ -235,16 +284,14 @@ class MeritSharedFeedForward(nn.Module):
 
     def __init__(self, config: MeritConfig):
         super().__init__()
-        self.feed_forward = FeedForward(
-            config.hidden_size,
-            config.expert_hidden_size * config.router_top_k,
-            config.expert_dropout,
-        )
-        self.norm = nn.LayerNorm(config.hidden_size)
+        self.feed_forward = build_expert(config, config.expert_hidden_size * config.router_top_k)
+        self.norm = nn.LayerNorm(config.hidden_size) if config.expert_type == "residual" else None
         self.dispatch = True  # nothing to dispatch; kept so exporters can treat blocks alike
 
     def forward(self, task: str, hidden: torch.Tensor, frame_mask: torch.Tensor) -> MixtureOutput:
-        shared = self.norm(hidden + self.feed_forward(hidden))
+        shared = self.feed_forward(hidden)
+        if self.norm is not None:
+            shared = self.norm(hidden + shared)
         return MixtureOutput(hidden=shared * frame_mask[..., None].to(shared.dtype))
 
 

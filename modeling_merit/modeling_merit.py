@@ -171,6 +171,46 @@ def length_mask(lengths: torch.Tensor, total: int) -> torch.Tensor:
     return torch.arange(total, device=lengths.device)[None, :] < lengths[:, None]
 
 
+class PerUtteranceNormalization:
+    """Each utterance zero-mean, unit-variance over its valid samples (ours; WavLM-style)."""
+
+    def __call__(
+        self, normalized: torch.Tensor, raw: torch.Tensor, sample_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return normalized
+
+
+class RawInput:
+    """The audio at its natural level (Whisper's log-mel expects it)."""
+
+    def __call__(
+        self, normalized: torch.Tensor, raw: torch.Tensor, sample_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return raw
+
+
+class GlobalNormalization:
+    """A stored mean and standard deviation for every utterance (the authors' release keeps
+    its training set's); padding stays zero."""
+
+    def __init__(self, mean: float, std: float):
+        self.mean, self.std = float(mean), float(std)
+
+    def __call__(
+        self, normalized: torch.Tensor, raw: torch.Tensor, sample_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return (raw - self.mean) / self.std * sample_mask.to(raw.dtype)
+
+
+def build_input_normalization(
+    config: MeritConfig,
+) -> PerUtteranceNormalization | RawInput | GlobalNormalization:
+    """How the backbone's input is normalised, fixed at construction from the config."""
+    if config.input_mean is not None:
+        return GlobalNormalization(config.input_mean, config.input_std)
+    return PerUtteranceNormalization() if config.normalize_input else RawInput()
+
+
 def normalize_waveforms(
     values: torch.Tensor, sample_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -196,6 +236,7 @@ def backbone_hidden_states(
     normalize: bool = True,
     sampling_rate: int = 16000,
     family: SpeechBackbone | None = None,
+    normalization: PerUtteranceNormalization | RawInput | GlobalNormalization | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Checks, normalisation and backbone pass of :class:`MeritModel` on any bare backbone.
 
@@ -205,10 +246,11 @@ def backbone_hidden_states(
     """
     family = family or backbone_family(backbone.config)
     lengths = check_waveforms(input_values, attention_mask, family.min_samples, sampling_rate)
-    normalized, raw, _ = normalize_waveforms(
-        input_values, length_mask(lengths, input_values.shape[-1])
-    )
-    states = family.hidden_states(backbone, normalized if normalize else raw, lengths)
+    sample_mask = length_mask(lengths, input_values.shape[-1])
+    normalized, raw, _ = normalize_waveforms(input_values, sample_mask)
+    if normalization is None:
+        normalization = PerUtteranceNormalization() if normalize else RawInput()
+    states = family.hidden_states(backbone, normalization(normalized, raw, sample_mask), lengths)
     return states, length_mask(family.frame_lengths(lengths), states.shape[2])
 
 
@@ -299,6 +341,7 @@ class MeritModel(MeritPreTrainedModel):
             # LayerDrop skips whole layers in training, and a skipped layer returns no hidden
             # state: the per-task weighting over all layers needs every one of them.
             config.backbone_config.layerdrop = 0.0
+        self.input_normalization = build_input_normalization(config)
         self.backbone_family = backbone_family(config.backbone_config)
         self.backbone = self.backbone_family.build()
         self.integration = build_integration(config)
@@ -401,9 +444,9 @@ class MeritModel(MeritPreTrainedModel):
             self.backbone,
             input_values,
             attention_mask,
-            normalize=self.config.normalize_input,
             sampling_rate=self.config.sampling_rate,
             family=self.backbone_family,
+            normalization=self.input_normalization,
         )
 
     def integrate(
@@ -475,7 +518,7 @@ class MeritModel(MeritPreTrainedModel):
         sample_mask = length_mask(lengths, input_values.shape[-1])
         normalized, noisy, scale = normalize_waveforms(input_values, sample_mask)
         # 1. All hidden states of the backbone.
-        backbone_input = normalized if config.normalize_input else noisy
+        backbone_input = self.input_normalization(normalized, noisy, sample_mask)
         hidden_states = self.backbone_family.hidden_states(self.backbone, backbone_input, lengths)
         frame_lengths = self.frame_lengths(lengths)
         frame_mask = length_mask(frame_lengths, hidden_states.shape[2])
@@ -531,7 +574,10 @@ class MeritModel(MeritPreTrainedModel):
             routing_indices={t: m.expert_indices for t, m in routed.items()} or None,
             routing_weights={t: m.expert_weights for t, m in routed.items()} or None,
             frame_mask=frame_mask,
-            layer_weights={t: self.integration.layer_weights(t) for t in config.tasks},
+            layer_weights={
+                t: w for t in config.tasks if (w := self.integration.layer_weights(t)) is not None
+            }
+            or None,
             task_representations=(
                 {t: m.hidden for t, m in task_output.items()}
                 if output_task_representations

@@ -224,6 +224,9 @@ def test_resolve_checkpoint(tmp_path):
     assert resolve_checkpoint("auto", str(tmp_path)) is None  # nothing saved yet: fresh start
     for step in (2, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "optimizer.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        resolve_checkpoint(None, str(tmp_path))  # a fresh run would write over them
     assert resolve_checkpoint("auto", str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert resolve_checkpoint("True", str(tmp_path)) == str(tmp_path / "checkpoint-10")
     given = str(tmp_path / "checkpoint-2")

@@ -24,7 +24,12 @@ from transformers import (
 )
 
 from merit.peft_utils import apply_lora, trainable_parameter_names
-from modeling_merit import MeritFeatureExtractor, MeritModel, minimal_backbone_config
+from modeling_merit import (
+    MeritFeatureExtractor,
+    MeritModel,
+    minimal_backbone_config,
+    release_config,
+)
 
 CODE_FILES = {
     "configuration_merit.py",
@@ -39,11 +44,18 @@ CODE_FILES = {
 }
 
 
-@pytest.fixture(scope="module", params=["wavlm", "whisper"])
+@pytest.fixture(scope="module", params=["wavlm", "whisper", "release"])
 def saved_model(tmp_path_factory, request):
-    """A saved minimal model per backbone family (every family must load standalone)."""
+    """A saved minimal model per backbone family, and the authors' release architecture
+    (every one must load standalone)."""
     folder = tmp_path_factory.mktemp(f"merit-{request.param}")
-    model = make_model(backbone_config=minimal_backbone_config(request.param)).eval()
+    if request.param == "release":
+        config = release_config(minimal_backbone_config(), expert_hidden_size=48, se_lstm_size=24)
+        config.id2label = {0: "neutral", 1: "happy", 2: "sad", 3: "angry"}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+        model = MeritModel(config).eval()
+    else:
+        model = make_model(backbone_config=minimal_backbone_config(request.param)).eval()
     model.save_pretrained(folder)
     MeritFeatureExtractor().save_pretrained(folder)
     return folder, model

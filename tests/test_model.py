@@ -289,7 +289,13 @@ def test_config_vocabulary_names_heads_tasks_and_geometry():
     model = MeritModel(make_config())
     assert model.frame_lengths(torch.tensor([16000, 400])).tolist() == [49, 1]
     with pytest.raises(ValueError, match="integration must be one of"):
+        make_config(integration="attention")
+    with pytest.raises(ValueError, match="needs expert_type='plain'"):
         make_config(integration="concat")
+    with pytest.raises(ValueError, match="input_mean and input_std go together"):
+        make_config(input_mean=0.0)
+    concat = make_config(integration="concat", expert_type="plain")
+    assert concat.integrated_size == 5 * 64 and make_config().integrated_size == 32
 
 
 def test_wavlm_attention_swap_fails_loudly_if_transformers_renames_it(monkeypatch):
