@@ -24,10 +24,16 @@ def release_model(**overrides) -> MeritModel:
     return MeritModel(config).eval()
 
 
-def reference_forward(model: MeritModel, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Emotion logits and enhanced waveform of one utterance, by the description."""
+def reference_forward(
+    model: MeritModel, wave: torch.Tensor, mean: float | None = None, std: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Emotion logits and enhanced waveform of one utterance, by the description (waveform
+    normalised per utterance, or with a stored ``mean`` and ``std`` as the release does)."""
     sd = {k: v.detach() for k, v in model.state_dict().items()}
-    x = (wave - wave.mean()) / wave.std(unbiased=False).clamp_min(1e-5)  # per-utterance norm
+    if mean is None:
+        x = (wave - wave.mean()) / wave.std(unbiased=False).clamp_min(1e-5)
+    else:
+        x = (wave - mean) / std
     states = model.backbone(x[None], output_hidden_states=True).hidden_states
     layers = len(states)
     normed = [
