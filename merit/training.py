@@ -41,6 +41,7 @@ import torch
 import transformers
 from datasets import Dataset
 from transformers import (
+    AutoConfig,
     EvalPrediction,
     HfArgumentParser,
     PretrainedConfig,
@@ -77,6 +78,7 @@ from merit.preparation import (
 from merit.runs import TINY_BACKBONE, RunTrainingArguments, parse_with_config, resolve_checkpoint
 from merit.whisper_ct2 import TINY_EN_HUB_ID, TINY_EN_NAME, resolve_pretrained_backbone
 from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, minimal_backbone_config
+from modeling_merit.configuration_merit import RELEASE_PRESET
 
 __all__ = [
     "MeritTrainer",
@@ -130,6 +132,15 @@ class ModelArguments:
     )
     variant: Literal["sparse", "dense", "naive-mtl", "ser-only", "se-only"] = field(
         default="sparse", metadata={"help": "system to train (Sparse MERIT or a baseline)"}
+    )
+    preset: Literal["none", "release"] = field(
+        default="none",
+        metadata={
+            "help": "'release': the authors' architecture (LayerNorm + concatenation of all "
+            "layers, 3 plain experts, top-1 hard gates, their SER and BLSTM SE heads; "
+            "modeling_merit.configuration_merit.RELEASE_PRESET), widths from the backbone; it "
+            "fixes those options (the variant still picks routing and tasks)"
+        },
     )
     hidden_size: int | None = field(
         default=None, metadata={"help": "MERIT representation width (default 128 tiny, 256)"}
@@ -302,6 +313,18 @@ def default_tiny_backbone(hidden_size: int = 128, num_layers: int = 4) -> Pretra
     )
 
 
+def _release_kwargs(kwargs: dict, model_args: ModelArguments, backbone: Any) -> dict:
+    """``kwargs`` with the release's options; its widths follow the backbone unless given."""
+    routing, tasks = kwargs["routing"], kwargs["tasks"]
+    kwargs = {**kwargs, **RELEASE_PRESET}
+    if model_args.variant != "sparse":
+        kwargs.update(routing=routing, tasks=tasks)
+    width = backbone.hidden_size
+    kwargs["hidden_size"] = model_args.hidden_size or width
+    kwargs["expert_hidden_size"] = model_args.expert_hidden_size or 4 * width
+    return kwargs
+
+
 def build_model(
     model_args: ModelArguments,
     id2label: Mapping[int, str],
@@ -344,11 +367,16 @@ def build_model(
         freeze_feature_encoder=freeze_encoder,
         freeze_backbone=model_args.freeze_backbone,
     )
+    backbone = (
+        default_tiny_backbone(model_args.tiny_hidden_size, model_args.tiny_layers) if tiny else None
+    )
+    source = None if tiny else resolve_pretrained_backbone(model_args.backbone)
+    if model_args.preset == "release":
+        kwargs = _release_kwargs(kwargs, model_args, backbone or AutoConfig.from_pretrained(source))
     if tiny:
-        backbone = default_tiny_backbone(model_args.tiny_hidden_size, model_args.tiny_layers)
         model = MeritModel(MeritConfig(backbone_config=backbone, **kwargs))
     else:
-        model = MeritModel.from_backbone(resolve_pretrained_backbone(model_args.backbone), **kwargs)
+        model = MeritModel.from_backbone(source, **kwargs)
         if model_args.backbone == TINY_EN_NAME:  # record the origin, not this machine's cache
             model.config.backbone_config._name_or_path = TINY_EN_HUB_ID
     if model_args.peft == "lora":

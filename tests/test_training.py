@@ -594,3 +594,23 @@ def test_duplicates_and_rare_labels_are_warned_missing_files_skipped(tiny_corpus
     assert any("gone.wav: audio file not found" in message for message in prepared.skipped)
     assert "repeat a recording already listed" in caplog.text
     assert "very few training examples (a typo?): 'angyr' (1)" in caplog.text
+
+
+def test_paper_configs_parse_and_build_the_release_architecture():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    model_args, data_args, args = parse_args([str(root / "paper.yaml")])
+    assert model_args.preset == "release" and model_args.backbone == "microsoft/wavlm-large"
+    assert (args.learning_rate, args.gradient_accumulation_steps, args.seed) == (5e-5, 8, 7)
+    assert args.backbone_learning_rate_factor == 0.5 and data_args.eval_snrs == [-5.0]
+    model_args, _, args = parse_args([str(root / "paper-small.yaml"), *TINY[:6]])
+    assert model_args.preset == "release" and args.max_steps == 450
+    model = build_model(model_args, LABELS)
+    config = model.config
+    assert (config.integration, config.expert_type, config.router_top_k) == ("concat", "plain", 1)
+    assert (config.num_experts, config.se_head_type, config.ser_head_type) == (
+        3,
+        "blstm",
+        "release",
+    )
+    # Widths from the backbone: tiny_hidden_size 32, 3 hidden states -> 96 features, 4 x 32 inner.
+    assert config.integrated_size == 3 * 32 and config.hidden_size == 32
