@@ -266,6 +266,69 @@ def training_throughput(steps: int, batch: int, seconds: float) -> dict[str, flo
     return results
 
 
+class ReleaseMixture(torch.nn.Module):
+    """The release's MoE layer as it computes: every expert on every frame, then the one-hot
+    argmax mask of the gate selects (same weights as ``pool``, same numbers)."""
+
+    def __init__(self, pool: MeritMixtureOfExperts) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, task: str, hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        tokens = hidden[frame_mask]
+        gate = self.pool.gates[task](tokens).softmax(-1)
+        one_hot = torch.nn.functional.one_hot(gate.argmax(-1), len(self.pool.experts))
+        every = torch.stack([expert(tokens) for expert in self.pool.experts], 1)
+        return (every * one_hot[..., None].to(every.dtype)).sum(1)
+
+
+def release_ratios(repeats: int, seconds: float) -> dict[str, dict[str, float]]:
+    """At WavLM-Large size (25 x 1024 concatenated, 3 experts 25,600 -> 4,096 -> 1,024, top-1):
+    the release's MoE layer against our dispatch, and both presets' whole forward against the
+    backbone alone (random weights, batch 1)."""
+    from modeling_merit import release_config
+
+    torch.manual_seed(0)
+    release = release_config()
+    frames = int(seconds * 50) - 1
+    pool = MeritMixtureOfExperts(release).eval()
+    hidden = torch.randn(1, frames, release.integrated_size)
+    mask = torch.ones(1, frames, dtype=torch.bool)
+    layers = {
+        "release-layer": lambda: ReleaseMixture(pool)("ser", hidden, mask),
+        "dispatch-layer": lambda: pool("ser", hidden, mask),
+    }
+    with torch.inference_mode():
+        reference = ReleaseMixture(pool)("ser", hidden, mask)
+        ours = pool("ser", hidden, mask).hidden[mask]
+        assert torch.allclose(reference, ours, atol=1e-4), "the two layers must agree"
+    times: dict[str, list[float]] = {name: [] for name in layers}
+    with torch.inference_mode():
+        for run in layers.values():
+            run()
+        for r in range(repeats):
+            for name in list(layers)[r % 2 :] + list(layers)[: r % 2]:
+                start = time.perf_counter()
+                layers[name]()
+                times[name].append(time.perf_counter() - start)
+    layer = {name: statistics.median(t) for name, t in times.items()}
+    layer["release_over_dispatch"] = layer["release-layer"] / layer["dispatch-layer"]
+    print(f"MoE layer: {layer}")
+    x = torch.randn(1, int(seconds * SAMPLE_RATE)) * 0.1
+    paper = MeritModel(release).eval()
+    ours_config = MeritConfig(backbone_config=release.backbone_config)
+    models = {
+        "backbone": Backbone(paper),
+        "release-preset": paper,
+        "our-preset": MeritModel(ours_config).eval(),
+    }
+    whole = time_interleaved(models, x, max(2, repeats // 2))
+    whole["release_over_backbone"] = whole["release-preset"] / whole["backbone"]
+    whole["ours_over_backbone"] = whole["our-preset"] / whole["backbone"]
+    print(f"whole forward: {whole}")
+    return {"layer": layer, "forward": whole}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 1 only, fewer repeats")
@@ -273,7 +336,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--memory-worker", nargs=3, metavar=("SYSTEM", "BATCH", "SECONDS"))
+    parser.add_argument(
+        "--release",
+        action="store_true",
+        help="only the release-style MoE layer and presets at WavLM-Large size "
+        "(writes speed_release.md)",
+    )
     args = parser.parse_args()
+    if args.release:
+        torch.set_num_threads(2)
+        result = release_ratios(args.repeats, args.seconds)
+        write_release_report(result, args)
+        return
     if args.memory_worker:
         system, batch, seconds = args.memory_worker
         memory_worker(system, int(batch), float(seconds))
@@ -396,3 +470,42 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def write_release_report(result: dict, args: argparse.Namespace) -> None:
+    layer, whole = result["layer"], result["forward"]
+    command = (
+        f"python benchmarks/speed.py --release --seconds {args.seconds:g} --repeats {args.repeats}"
+    )
+    lines = [
+        "# The release's MoE layer against ours, at WavLM-Large size",
+        "",
+        f"`{command}`: random weights, batch 1, {args.seconds:g} s of audio "
+        f"({int(args.seconds * 50) - 1} frames), 2 threads, medians timed round-robin. The layer "
+        "takes the 25 x 1,024 concatenated layers; 3 experts 25,600 -> 4,096 -> 1,024, top-1. "
+        "The two layers give the same output (checked in the run).",
+        "",
+        "| | seconds |",
+        "|---|---:|",
+        f"| release layer (every expert on every frame, then the argmax mask) "
+        f"| {layer['release-layer']:.3f} |",
+        f"| our dispatch (each frame through its chosen expert only) "
+        f"| {layer['dispatch-layer']:.3f} |",
+        f"| **release / ours** (target >= 2.5) | **{layer['release_over_dispatch']:.2f}** |",
+        "",
+        "Whole forward, 10 s, against the WavLM-Large backbone alone (all hidden states):",
+        "",
+        "| system | seconds | / backbone |",
+        "|---|---:|---:|",
+        f"| backbone | {whole['backbone']:.2f} | 1.00 |",
+        "| release preset (concat, 3 plain experts, top-1, BLSTM SE head) "
+        f"| {whole['release-preset']:.2f} | {whole['release_over_backbone']:.2f} |",
+        "| our defaults (weighted sum, 8 experts, top-2, MLP SE head) "
+        f"| {whole['our-preset']:.2f} | {whole['ours_over_backbone']:.2f} |",
+    ]
+    out = args.out / "speed_release.md"
+    out.write_text("\n".join(lines) + "\n")
+    (args.out / "speed_release.json").write_text(
+        json.dumps({"command": command, **result}, indent=2) + "\n"
+    )
+    print(f"Wrote {out}")
