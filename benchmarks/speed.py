@@ -196,7 +196,7 @@ WHISPER_SIZES = {
 WHISPER_MERIT_SIZES = dict(hidden_size=256, expert_hidden_size=512)
 
 
-class WhisperFloor(torch.nn.Module):
+class EncoderFloor(torch.nn.Module):
     """A Whisper encoder alone as MERIT runs it: log-mel front end, actual-length encoder,
     every hidden state (the floor Sparse MERIT on Whisper is measured against)."""
 
@@ -222,7 +222,7 @@ def whisper_ratios(repeats: int, seconds: float, batch: int = 1) -> dict[str, di
             **WHISPER_MERIT_SIZES,
         )
         model = MeritModel(config).eval()
-        times = time_interleaved({"encoder": WhisperFloor(model), "sparse": model}, x, repeats)
+        times = time_interleaved({"encoder": EncoderFloor(model), "sparse": model}, x, repeats)
         out[size] = {**times, "sparse_over_encoder": times["sparse"] / times["encoder"]}
         print(f"whisper-{size}: encoder {times['encoder']:.3f} s, sparse {times['sparse']:.3f} s")
     return out
@@ -318,7 +318,7 @@ def release_ratios(repeats: int, seconds: float) -> dict[str, dict[str, float]]:
     paper = MeritModel(release).eval()
     ours_config = MeritConfig(backbone_config=release.backbone_config)
     models = {
-        "backbone": Backbone(paper),
+        "backbone": EncoderFloor(paper),
         "release-preset": paper,
         "our-preset": MeritModel(ours_config).eval(),
     }
