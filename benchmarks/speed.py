@@ -197,8 +197,8 @@ WHISPER_MERIT_SIZES = dict(hidden_size=256, expert_hidden_size=512)
 
 
 class EncoderFloor(torch.nn.Module):
-    """A Whisper encoder alone as MERIT runs it: log-mel front end, actual-length encoder,
-    every hidden state (the floor Sparse MERIT on Whisper is measured against)."""
+    """A MERIT model's encoder alone as MERIT runs it (Whisper: log-mel front end and the
+    actual-length encoder), every hidden state: the floor MERIT is measured against."""
 
     def __init__(self, model: MeritModel) -> None:
         super().__init__()
