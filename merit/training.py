@@ -206,7 +206,14 @@ class MeritTrainingArguments(RunTrainingArguments):
     throughout and the authors' 0.5 x, and whole utterances beat 1-second crops.
     """
 
-    output_dir: str | None = field(default="outputs/merit-sparse")
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "default: one folder per system, outputs/merit-<variant> (merit-sparse, "
+            "merit-dense, merit-naive-mtl, merit-ser-only, merit-se-only; -release appended "
+            "for --preset release), so training a baseline never replaces the main model"
+        },
+    )
     max_steps: int = field(default=450)
     per_device_train_batch_size: int = field(default=16)
     per_device_eval_batch_size: int = field(default=16)
@@ -250,6 +257,10 @@ class MeritTrainingArguments(RunTrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        #: ``False`` when the output folder is still to be derived from the system trained.
+        self.output_dir_given = self.output_dir is not None
+        if self.output_dir is None:
+            self.output_dir = DEFAULT_OUTPUT_DIR
         super().__post_init__()
         if self.backbone_frozen_steps < 0:
             raise ValueError(
@@ -273,7 +284,20 @@ def parse_args(
         # TrainingArguments below initialise the process group as they are created.
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     parser = HfArgumentParser((ModelArguments, DataArguments, MeritTrainingArguments))
-    return parse_with_config(parser, argv)
+    model_args, data_args, args = parse_with_config(parser, argv)
+    if not args.output_dir_given:
+        args.output_dir = system_output_dir(model_args)
+    return model_args, data_args, args
+
+
+#: Where the default system (Sparse MERIT) is saved; the demo and the README look here.
+DEFAULT_OUTPUT_DIR = "outputs/merit-sparse"
+
+
+def system_output_dir(model_args: ModelArguments) -> str:
+    """``outputs/merit-<variant>[-release]``: one folder per system by default."""
+    suffix = "-release" if model_args.preset == "release" else ""
+    return f"outputs/merit-{model_args.variant}{suffix}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -614,3 +614,12 @@ def test_paper_configs_parse_and_build_the_release_architecture():
     )
     # Widths from the backbone: tiny_hidden_size 32, 3 hidden states -> 96 features, 4 x 32 inner.
     assert config.integrated_size == 3 * 32 and config.hidden_size == 32
+
+
+def test_each_system_gets_its_own_output_folder_by_default():
+    assert parse_args([])[2].output_dir == "outputs/merit-sparse"
+    assert parse_args(["--variant", "dense"])[2].output_dir == "outputs/merit-dense"
+    assert parse_args(["--variant", "se-only"])[2].output_dir == "outputs/merit-se-only"
+    assert parse_args(["--preset", "release"])[2].output_dir == "outputs/merit-sparse-release"
+    given = parse_args(["--variant", "dense", "--output_dir", "elsewhere"])[2]
+    assert given.output_dir == "elsewhere"
