@@ -31,6 +31,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,14 @@ class ModelArguments:
     )
     variant: Literal["sparse", "dense", "naive-mtl", "ser-only", "se-only"] = field(
         default="sparse", metadata={"help": "system to train (Sparse MERIT or a baseline)"}
+    )
+    class_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "weights of the emotion cross-entropy: 'auto' (inverse class frequency in "
+            "the train split, mean 1, as the authors weight MSP-Podcast's imbalanced classes) "
+            "or one number per label in label order, comma-separated"
+        },
     )
     preset: Literal["none", "release"] = field(
         default="none",
@@ -337,6 +346,29 @@ def default_tiny_backbone(hidden_size: int = 128, num_layers: int = 4) -> Pretra
     )
 
 
+def class_weights(value: str, train: Any, label_names: Sequence[str]) -> list[float]:
+    """``--class_weights``: ``"auto"`` = inverse frequency in ``train`` (mean 1), or a list."""
+    if not label_names:
+        raise ValueError("--class_weights needs categorical labels")
+    if value == "auto":
+        counts = Counter(train["label"])
+        missing = [name for name in label_names if not counts.get(name)]
+        if missing:
+            raise ValueError(f"--class_weights auto: no training examples of {missing}")
+        inverse = [len(train) / counts[name] for name in label_names]
+        return [w * len(inverse) / sum(inverse) for w in inverse]
+    try:
+        weights = [float(part) for part in value.split(",")]
+    except ValueError as err:
+        raise ValueError(f"--class_weights must be 'auto' or numbers, got {value!r}") from err
+    if len(weights) != len(label_names) or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(
+            f"--class_weights needs {len(label_names)} positive numbers ({', '.join(label_names)}),"
+            f" got {value!r}"
+        )
+    return weights
+
+
 def _release_kwargs(kwargs: dict, model_args: ModelArguments, backbone: Any) -> dict:
     """``kwargs`` with the release's options; its widths follow the backbone unless given."""
     routing, tasks = kwargs["routing"], kwargs["tasks"]
@@ -353,10 +385,13 @@ def build_model(
     model_args: ModelArguments,
     id2label: Mapping[int, str],
     dimension_names: Sequence[str] | None = None,
+    *,
+    class_weights: Sequence[float] | None = None,
 ) -> torch.nn.Module:
     """A fresh MERIT model (tiny random backbone, or a pretrained one), LoRA-wrapped if asked.
 
-    ``dimension_names`` adds the dimensional head (trained with the CCC loss)."""
+    ``dimension_names`` adds the dimensional head (trained with the CCC loss);
+    ``class_weights`` weights the emotion cross-entropy (see :func:`class_weights`)."""
     if not model_args.categorical_head and not dimension_names:
         raise ValueError(
             "--categorical_head False leaves the emotion task without a head: give "
@@ -390,6 +425,7 @@ def build_model(
         dimension_loss_weight=model_args.dimension_loss_weight,
         freeze_feature_encoder=freeze_encoder,
         freeze_backbone=model_args.freeze_backbone,
+        class_weights=list(class_weights) if class_weights else None,
     )
     backbone = (
         default_tiny_backbone(model_args.tiny_hidden_size, model_args.tiny_layers) if tiny else None
@@ -753,7 +789,16 @@ def main(
             "--variant se-only"
         )
     label2id = {name: i for i, name in enumerate(prepared.label_names)} or None
-    model = build_model(model_args, dict(enumerate(prepared.label_names)), prepared.dimension_names)
+    weights = None
+    if model_args.class_weights:
+        weights = class_weights(model_args.class_weights, prepared.train, prepared.label_names)
+        logger.info("class weights: %s", dict(zip(prepared.label_names, weights, strict=True)))
+    model = build_model(
+        model_args,
+        dict(enumerate(prepared.label_names)),
+        prepared.dimension_names,
+        class_weights=weights,
+    )
     base = _base_model(model)
     enhances = base.config.has_enhancement_head
     label_names = base.config.label_names or None

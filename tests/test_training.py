@@ -623,3 +623,26 @@ def test_each_system_gets_its_own_output_folder_by_default():
     assert parse_args(["--preset", "release"])[2].output_dir == "outputs/merit-sparse-release"
     given = parse_args(["--variant", "dense", "--output_dir", "elsewhere"])[2]
     assert given.output_dir == "elsewhere"
+
+
+def test_class_weights_flag(tiny_corpus):
+    from datasets import Dataset
+
+    from merit.training import class_weights
+
+    train = Dataset.from_dict({"label": ["a"] * 6 + ["b"] * 2 + ["c"] * 4})
+    weights = class_weights("auto", train, ["a", "b", "c"])
+    assert weights == pytest.approx(
+        [2 / 3 * 3 / (2 / 3 + 2 + 1), 2 * 3 / (2 / 3 + 2 + 1), 1 * 3 / (2 / 3 + 2 + 1)]
+    )
+    assert sum(weights) == pytest.approx(3.0) and weights[1] > weights[2] > weights[0]
+    assert class_weights("1,2.5,1", train, ["a", "b", "c"]) == [1.0, 2.5, 1.0]
+    for bad in ("1,2", "1,0,1", "x,y,z"):
+        with pytest.raises(ValueError, match="class_weights"):
+            class_weights(bad, train, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="no training examples of \\['d'\\]"):
+        class_weights("auto", train, ["a", "b", "c", "d"])
+    model_args, _, _ = parse_args(["--class_weights", "auto", *TINY[:6]])
+    model = build_model(model_args, LABELS, class_weights=[1.0, 2.0, 1.0, 0.5])
+    assert model.config.class_weights == [1.0, 2.0, 1.0, 0.5]
+    assert model.class_weights.tolist() == [1.0, 2.0, 1.0, 0.5]  # a buffer: moves with the model
