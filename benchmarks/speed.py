@@ -322,11 +322,50 @@ def release_ratios(repeats: int, seconds: float) -> dict[str, dict[str, float]]:
         "release-preset": paper,
         "our-preset": MeritModel(ours_config).eval(),
     }
-    whole = time_interleaved(models, x, max(2, repeats // 2))
+    whole = time_interleaved(models, x, repeats)
     whole["release_over_backbone"] = whole["release-preset"] / whole["backbone"]
     whole["ours_over_backbone"] = whole["our-preset"] / whole["backbone"]
     print(f"whole forward: {whole}")
     return {"layer": layer, "forward": whole}
+
+
+def write_release_report(result: dict, args: argparse.Namespace) -> None:
+    layer, whole = result["layer"], result["forward"]
+    command = (
+        f"python benchmarks/speed.py --release --seconds {args.seconds:g} --repeats {args.repeats}"
+    )
+    lines = [
+        "# The release's MoE layer against ours, at WavLM-Large size",
+        "",
+        f"`{command}`: random weights, batch 1, {args.seconds:g} s of audio "
+        f"({int(args.seconds * 50) - 1} frames), 2 threads, medians timed round-robin. The layer "
+        "takes the 25 x 1,024 concatenated layers; 3 experts 25,600 -> 4,096 -> 1,024, top-1. "
+        "The two layers give the same output (checked in the run).",
+        "",
+        "| | seconds |",
+        "|---|---:|",
+        f"| release layer (every expert on every frame, then the argmax mask) "
+        f"| {layer['release-layer']:.3f} |",
+        f"| our dispatch (each frame through its chosen expert only) "
+        f"| {layer['dispatch-layer']:.3f} |",
+        f"| **release / ours** (target >= 2.5) | **{layer['release_over_dispatch']:.2f}** |",
+        "",
+        "Whole forward, 10 s, against the WavLM-Large backbone alone (all hidden states):",
+        "",
+        "| system | seconds | / backbone |",
+        "|---|---:|---:|",
+        f"| backbone | {whole['backbone']:.2f} | 1.00 |",
+        "| release preset (concat, 3 plain experts, top-1, BLSTM SE head) "
+        f"| {whole['release-preset']:.2f} | {whole['release_over_backbone']:.2f} |",
+        "| our defaults (weighted sum, 8 experts, top-2, MLP SE head) "
+        f"| {whole['our-preset']:.2f} | {whole['ours_over_backbone']:.2f} |",
+    ]
+    out = args.out / "speed_release.md"
+    out.write_text("\n".join(lines) + "\n")
+    (args.out / "speed_release.json").write_text(
+        json.dumps({"command": command, **result}, indent=2) + "\n"
+    )
+    print(f"Wrote {out}")
 
 
 def main() -> None:
@@ -470,42 +509,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def write_release_report(result: dict, args: argparse.Namespace) -> None:
-    layer, whole = result["layer"], result["forward"]
-    command = (
-        f"python benchmarks/speed.py --release --seconds {args.seconds:g} --repeats {args.repeats}"
-    )
-    lines = [
-        "# The release's MoE layer against ours, at WavLM-Large size",
-        "",
-        f"`{command}`: random weights, batch 1, {args.seconds:g} s of audio "
-        f"({int(args.seconds * 50) - 1} frames), 2 threads, medians timed round-robin. The layer "
-        "takes the 25 x 1,024 concatenated layers; 3 experts 25,600 -> 4,096 -> 1,024, top-1. "
-        "The two layers give the same output (checked in the run).",
-        "",
-        "| | seconds |",
-        "|---|---:|",
-        f"| release layer (every expert on every frame, then the argmax mask) "
-        f"| {layer['release-layer']:.3f} |",
-        f"| our dispatch (each frame through its chosen expert only) "
-        f"| {layer['dispatch-layer']:.3f} |",
-        f"| **release / ours** (target >= 2.5) | **{layer['release_over_dispatch']:.2f}** |",
-        "",
-        "Whole forward, 10 s, against the WavLM-Large backbone alone (all hidden states):",
-        "",
-        "| system | seconds | / backbone |",
-        "|---|---:|---:|",
-        f"| backbone | {whole['backbone']:.2f} | 1.00 |",
-        "| release preset (concat, 3 plain experts, top-1, BLSTM SE head) "
-        f"| {whole['release-preset']:.2f} | {whole['release_over_backbone']:.2f} |",
-        "| our defaults (weighted sum, 8 experts, top-2, MLP SE head) "
-        f"| {whole['our-preset']:.2f} | {whole['ours_over_backbone']:.2f} |",
-    ]
-    out = args.out / "speed_release.md"
-    out.write_text("\n".join(lines) + "\n")
-    (args.out / "speed_release.json").write_text(
-        json.dumps({"command": command, **result}, indent=2) + "\n"
-    )
-    print(f"Wrote {out}")
