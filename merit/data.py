@@ -63,7 +63,9 @@ SPLIT_ALIASES = {
     "valid": "validation",
     "val": "validation",
     "dev": "validation",
+    "development": "validation",
     "test": "test",
+    "test1": "test",  # MSP-Podcast's Split_Set: Train / Development / Test1 (/ Test2, Test3)
 }
 #: Column names tried, in order, for the audio path when ``audio_column`` is not given.
 AUDIO_PATH_COLUMNS = ("file_name", "path", "audio", "filepath", "file")
@@ -91,6 +93,7 @@ def load_speech_dataset(
     test_fraction: float = 0.1,
     seed: int = 0,
     keep_missing_files: bool = False,
+    split_map: Mapping[str, str] | None = None,
 ) -> DatasetDict:
     """Load a labelled speech corpus from any common layout into one normalised form.
 
@@ -113,6 +116,8 @@ def load_speech_dataset(
 
     A table row naming a file that does not exist is an error, unless ``keep_missing_files``:
     then the row stays, for a later readability pass to drop and list (``--skip_bad_files``).
+    ``split_map`` renames split values first (``{"Test2": "drop"}`` leaves those rows out);
+    common names are understood without it (``Development`` -> validation, ``Test1`` -> test).
     """
     for name, fraction in (("validation", validation_fraction), ("test", test_fraction)):
         if not 0.0 <= fraction < 1.0:
@@ -126,9 +131,27 @@ def load_speech_dataset(
         label_column, audio_column, speaker_column, split_column, dimensions, keep_missing_files
     )
     splits = _read_source(str(source), columns)
+    if split_map:
+        splits = _apply_split_map(splits, split_map)
     return _complete_splits(
         splits, {"validation": validation_fraction, "test": test_fraction}, seed
     )
+
+
+def _apply_split_map(
+    splits: Mapping[str, Dataset], split_map: Mapping[str, str]
+) -> dict[str, Dataset]:
+    """Rename split values (``"drop"``: leave the rows out), merging splits that meet."""
+    renamed: dict[str, list[Dataset]] = {}
+    for name, dataset in splits.items():
+        target = split_map.get(name, name)
+        if target == "drop":
+            continue
+        renamed.setdefault(target, []).append(dataset)
+    return {
+        name: parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        for name, parts in renamed.items()
+    }
 
 
 @dataclass(frozen=True)

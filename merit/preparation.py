@@ -42,6 +42,7 @@ __all__ = [
     "check_integrity",
     "drop_unreadable",
     "label_order",
+    "parse_split_map",
     "load_noise_banks",
     "prepare_data",
     "quiet_datasets",
@@ -80,6 +81,22 @@ class DataArguments:
         },
     )
     audio_column: str | None = field(default=None)
+    split_column: str = field(
+        default="split",
+        metadata={"help": "column of the split (e.g. MSP-Podcast's Split_Set)"},
+    )
+    speaker_column: str = field(
+        default="speaker",
+        metadata={"help": "column of the speaker (e.g. SpkrID); carved splits keep speakers apart"},
+    )
+    split_map: str | None = field(
+        default=None,
+        metadata={
+            "help": "rename split values, e.g. 'Test2=drop,Test3=drop' or 'fold5=test'; "
+            "Train/Development/Test1 (MSP-Podcast) and train/dev/valid/test are understood "
+            "without it; any other split value is an error naming it"
+        },
+    )
     dimension_columns: str | None = field(
         default=None,
         metadata={
@@ -91,8 +108,9 @@ class DataArguments:
     labels: str | None = field(
         default=None,
         metadata={
-            "help": "comma-separated label names in id order; other labels in the data are an "
-            "error (default: the labels of the train split)"
+            "help": "comma-separated label names in id order; rows of other labels are left "
+            "out, with counts per dropped class (MSP-Podcast: A,S,H,N); default: the labels of "
+            "the train split"
         },
     )
     snr_range: list[float] = field(
@@ -126,6 +144,22 @@ class DataArguments:
         default=False,
         metadata={"help": "leave out unreadable audio files (listed) instead of failing"},
     )
+
+
+def parse_split_map(text: str | None) -> dict[str, str] | None:
+    """``"Test2=drop,fold5=test"`` -> ``{"Test2": "drop", "fold5": "test"}``."""
+    if not text:
+        return None
+    mapping = {}
+    for item in text.split(","):
+        name, sep, target = item.partition("=")
+        target = target.strip()
+        if not sep or not name.strip() or target not in ("train", "validation", "test", "drop"):
+            raise ValueError(
+                f"--split_map entries are NAME=train|validation|test|drop, got {item!r}"
+            )
+        mapping[name.strip()] = target
+    return mapping
 
 
 def resolve_data_sources(dataset: str | None, noise_dir: str | None) -> tuple[str, Path, str]:
@@ -173,6 +207,25 @@ def _audio_key(audio: Any) -> str | None:
     """What identifies a row's recording: its resolved path (``None`` for bytes-only rows)."""
     path = audio.get("path") if isinstance(audio, Mapping) else audio
     return str(Path(path).expanduser().resolve()) if path else None
+
+
+def _keep_labels(split: Dataset, names: Sequence[str], split_name: str, display: str) -> Dataset:
+    """The rows of ``split`` whose label is in ``names``; dropped classes are logged with counts."""
+    labels = list(split["label"])
+    dropped = Counter(label for label in labels if label not in names)
+    if not dropped:
+        return split
+    logger.warning(
+        "%s (%s split): --labels keeps %s; dropped %s",
+        display,
+        split_name,
+        ", ".join(names),
+        ", ".join(f"{label!r} ({count})" for label, count in sorted(dropped.items())),
+    )
+    kept = [i for i, label in enumerate(labels) if label in names]
+    if not kept:
+        raise ValueError(f"{display} ({split_name} split): no rows of the labels {list(names)}")
+    return split.select(kept)
 
 
 def check_integrity(splits: Mapping[str, Dataset], display: str, *, labelled: bool) -> None:
@@ -403,13 +456,29 @@ def prepare_data(
         validation_fraction=data_args.validation_fraction,
         test_fraction=data_args.test_fraction,
         keep_missing_files=data_args.skip_bad_files,
+        split_column=data_args.split_column,
+        speaker_column=data_args.speaker_column,
+        split_map=parse_split_map(data_args.split_map),
     )
     if "train" not in splits:
         raise ValueError(f"dataset {display!r} has no train split (has {list(splits)})")
+    unknown = {name: len(split) for name, split in splits.items()}
+    for known in ("train", "validation", "test"):
+        unknown.pop(known, None)
+    if unknown:
+        listed = ", ".join(f"{name!r} ({count} rows)" for name, count in unknown.items())
+        raise ValueError(
+            f"{display}: split value(s) {listed} are not train / validation / test and would be "
+            "ignored; map them with --split_map, e.g. --split_map 'Test2=drop'"
+        )
     check_integrity(splits, display, labelled=label_column is not None)
     names: list[str] = []
     if label_column is not None:
         names = label_order(data_args, list(splits["train"]["label"]))
+        if data_args.labels:  # a class subset: keep the named classes, report what goes
+            splits = {
+                name: _keep_labels(split, names, name, display) for name, split in splits.items()
+            }
         label2id = {name: index for index, name in enumerate(names)}
         for split_name, split in splits.items():
             try:

@@ -358,9 +358,54 @@ def test_unknown_labels_are_named_before_training(tiny_corpus, tmp_path):
     manifest = _manifest(tiny_corpus, tmp_path, rename={"validation": "bored"})
     with pytest.raises(ValueError, match=r"validation split.*unknown label\(s\) 'bored'"):
         training.main(["--dataset", str(manifest), *noise])
-    with pytest.raises(ValueError, match=r"unknown label\(s\) 'angry'.*'neutral', 'happy', 'sad'"):
-        training.main(["--dataset", str(tiny_corpus), "--labels", "neutral,happy,sad", *noise])
     assert not (tmp_path / "o").exists()
+
+
+def test_labels_keep_a_class_subset_and_split_values_are_mapped(tiny_corpus, tmp_path, caplog):
+    noise = str(tiny_corpus / "noise")
+    with caplog.at_level("WARNING", logger="merit.preparation"):
+        prepared, _, _ = prepare_data(
+            DataArguments(dataset=str(tiny_corpus), noise_dir=noise, labels="neutral,happy,sad")
+        )
+    assert prepared.label_names == ["neutral", "happy", "sad"]
+    assert set(prepared.train["label"]) == {"neutral", "happy", "sad"}
+    assert "(train split): --labels keeps neutral, happy, sad; dropped 'angry' (" in caplog.text
+
+    def msp(rows):  # MSP-Podcast's split names, plus a second test set
+        names = {"train": "Train", "validation": "Development", "test": "Test1"}
+        out = [{**r, "split": names[r["split"]]} for r in rows]
+        return out + [{**r, "split": "Test2"} for r in rows if r["split"] == "test"][:3]
+
+    manifest = _rows_manifest(tmp_path, tiny_corpus, msp)
+    with pytest.raises(ValueError, match=r"'Test2' \(3 rows\) are not train / validation / test"):
+        prepare_data(DataArguments(dataset=str(manifest), noise_dir=noise))
+    mapped, _, _ = prepare_data(
+        DataArguments(dataset=str(manifest), noise_dir=noise, split_map="Test2=drop")
+    )
+    rows = list(csv.DictReader((tiny_corpus / "metadata.csv").open()))
+    assert len(mapped.validation) == sum(r["split"] == "validation" for r in rows)
+    assert len(mapped.test) == sum(r["split"] == "test" for r in rows)
+    with pytest.raises(ValueError, match="NAME=train|validation|test|drop"):
+        prepare_data(DataArguments(dataset=str(manifest), noise_dir=noise, split_map="Test2"))
+
+    def renamed(rows):  # MSP-Podcast's column names
+        return [
+            {"file_name": r["file_name"], "label": r["label"], "SpkrID": r["speaker"],
+             "Split_Set": r["split"]}
+            for r in msp(rows)
+        ]  # fmt: skip
+
+    manifest = _rows_manifest(tmp_path, tiny_corpus, renamed)
+    named, _, _ = prepare_data(
+        DataArguments(
+            dataset=str(manifest),
+            noise_dir=noise,
+            split_column="Split_Set",
+            speaker_column="SpkrID",
+            split_map="Test2=drop",
+        )
+    )
+    assert len(named.test) == len(mapped.test) and "speaker" in named.train.column_names
 
 
 def test_lora_run_on_a_manifest_with_a_broken_file(tiny_corpus, tmp_path):
