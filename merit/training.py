@@ -257,6 +257,14 @@ class MeritTrainingArguments(RunTrainingArguments):
             "heads learn on fixed features), then trains with the rest (stage 2)"
         },
     )
+    smoke: bool = field(
+        default=False,
+        metadata={
+            "help": "a quick try-out: 6 steps (3 frozen), 24 validation and 24 test utterances, "
+            "one SNR (0 dB), into outputs/smoke-<variant> unless --output_dir is given; for "
+            "checking a setup, not for results"
+        },
+    )
     backbone_learning_rate_factor: float = field(
         default=0.1,
         metadata={
@@ -296,7 +304,21 @@ def parse_args(
     model_args, data_args, args = parse_with_config(parser, argv)
     if not args.output_dir_given:
         args.output_dir = system_output_dir(model_args)
+        if args.smoke:
+            args.output_dir = args.output_dir.replace("outputs/merit-", "outputs/smoke-")
+    if args.smoke:
+        apply_smoke(data_args, args)
     return model_args, data_args, args
+
+
+def apply_smoke(data_args: DataArguments, args: MeritTrainingArguments) -> None:
+    """``--smoke``: the smallest run that still goes through every stage (two training stages,
+    validation, checkpoint, test evaluation, the saved folder)."""
+    args.max_steps, args.backbone_frozen_steps = 6, 3
+    args.eval_steps = args.save_steps = 6
+    args.logging_steps = 1
+    data_args.max_eval_samples = data_args.max_test_samples = 24
+    data_args.eval_snrs = [0.0]
 
 
 #: Where the default system (Sparse MERIT) is saved; the demo and the README look here.

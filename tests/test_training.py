@@ -691,3 +691,16 @@ def test_class_weights_flag(tiny_corpus):
     model = build_model(model_args, LABELS, class_weights=[1.0, 2.0, 1.0, 0.5])
     assert model.config.class_weights == [1.0, 2.0, 1.0, 0.5]
     assert model.class_weights.tolist() == [1.0, 2.0, 1.0, 0.5]  # a buffer: moves with the model
+
+
+def test_smoke_mode_shrinks_every_stage_and_keeps_its_own_folder():
+    model_args, data_args, args = parse_args(["--smoke", "True"])
+    assert (args.max_steps, args.backbone_frozen_steps, args.eval_steps, args.save_steps) == (
+        6,
+        3,
+        6,
+        6,
+    )
+    assert (data_args.max_eval_samples, data_args.max_test_samples) == (24, 24)
+    assert data_args.eval_snrs == [0.0] and args.output_dir == "outputs/smoke-sparse"
+    assert parse_args(["--smoke", "True", "--output_dir", "x"])[2].output_dir == "x"
