@@ -165,7 +165,9 @@ def load_audio(
     ``start``/``stop`` select a segment in the file's own sample frames (before resampling), so
     a long noise recording can be sampled without decoding all of it. A decoded ``datasets``
     entry (``{"array", "sampling_rate"}``) is accepted too (whole, no segment) and goes through
-    the same checks.
+    the same checks. An open-ended read first checks the header against the file's size (a
+    lying header would otherwise be decoded in full); a read bounded by ``stop`` cannot run
+    away, and its caller has sized it with :func:`audio_info`, which makes that check.
     """
     if isinstance(source, Mapping) and source.get("array") is not None:
         if start or stop is not None:
@@ -174,7 +176,7 @@ def load_audio(
             source["array"], source["sampling_rate"], target_sr, name=_describe(source)
         )
     target, name = _open_target(source)
-    if isinstance(target, Path):
+    if isinstance(target, Path) and stop is None:
         _info(target, name)
     try:
         data, sr = sf.read(target, start=start, stop=stop, dtype="float32", always_2d=True)
