@@ -346,8 +346,8 @@ def analyze_file(
         )
     reason = absence_reason(
         source.total,
-        source.loudest_frame_rms() if source.total >= min_speech_seconds * rate else 0.0,
         rate,
+        source.loudest_frame_rms,
         min_seconds=min_speech_seconds,
         silence_dbfs=silence_dbfs,
     )
@@ -501,7 +501,8 @@ class _FileSource:
 
 
 class _ArraySink:
-    """The enhanced waveform, cross-faded into one preallocated array."""
+    """The enhanced waveform, cross-faded into one preallocated array of exactly ``total``
+    samples (what the padded end of a short input adds is cut off as it arrives)."""
 
     def __init__(self, total: int):
         self.audio = np.zeros(total, dtype=np.float32)
@@ -658,8 +659,6 @@ class _Collector:
         if self.dim_names:
             dimensions = _named(self.dim_names, shares @ self.dims)
         enhanced = self.sink.result() if self.sink is not None else None
-        if enhanced is not None and enhanced.shape[0] != total:
-            enhanced = enhanced[:total].copy()
         return AnalysisResult(
             probabilities=probabilities,
             label=label,

@@ -9,6 +9,7 @@ live here, beside the model code (numpy only, no package imports).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,16 +55,20 @@ def loudest_frame_rms(mono: np.ndarray, sampling_rate: int) -> float:
 
 def absence_reason(
     num_samples: int,
-    loudest_rms: float,
     sampling_rate: int,
+    loudest_rms: Callable[[], float],
     *,
     min_seconds: float = MIN_SPEECH_SECONDS,
     silence_dbfs: float = SILENCE_DBFS,
 ) -> str | None:
-    """``"too short"``, ``"no speech"`` or ``None`` from a length and a loudest-frame level."""
+    """``"too short"``, ``"no speech"`` or ``None`` from a length and a loudest-frame level.
+
+    ``loudest_rms`` is called only for audio long enough to judge: for a file it is a pass
+    over the whole recording.
+    """
     if num_samples < min_seconds * sampling_rate:
         return "too short"
-    if loudest_rms <= 10 ** (silence_dbfs / 20):
+    if loudest_rms() <= 10 ** (silence_dbfs / 20):
         return "no speech"
     return None
 
@@ -83,12 +88,10 @@ def speech_absence(
     stereo (which cancels to zero) counts as silence too.
     """
     mono = np.asarray(mono, dtype=np.float32)
-    if mono.shape[0] < min_seconds * sampling_rate:
-        return "too short"
     return absence_reason(
         mono.shape[0],
-        loudest_frame_rms(mono, sampling_rate),
         sampling_rate,
+        lambda: loudest_frame_rms(mono, sampling_rate),
         min_seconds=min_seconds,
         silence_dbfs=silence_dbfs,
     )
