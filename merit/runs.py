@@ -152,8 +152,8 @@ def resolve_checkpoint(
     its optimizer state is refused too: resuming it would quietly start a new optimizer (the
     losses then differ from the uninterrupted run).
     """
+    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
     if value is None or value.lower() in ("", "false", "none"):
-        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
         if last is not None and not overwrite_output_dir:
             raise ValueError(
                 f"{output_dir} already holds checkpoints ({Path(last).name}); pass "
@@ -162,7 +162,7 @@ def resolve_checkpoint(
             )
         return None
     if value.lower() in ("auto", "true", "last"):
-        checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        checkpoint = last
     elif not Path(value).is_dir():
         raise ValueError(f"checkpoint folder not found: {value}")
     else:

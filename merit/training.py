@@ -303,9 +303,7 @@ def parse_args(
     parser = HfArgumentParser((ModelArguments, DataArguments, MeritTrainingArguments))
     model_args, data_args, args = parse_with_config(parser, argv)
     if not args.output_dir_given:
-        args.output_dir = system_output_dir(model_args)
-        if args.smoke:
-            args.output_dir = args.output_dir.replace("outputs/merit-", "outputs/smoke-")
+        args.output_dir = system_output_dir(model_args, smoke=args.smoke)
     if args.smoke:
         apply_smoke(data_args, args)
     return model_args, data_args, args
@@ -325,10 +323,11 @@ def apply_smoke(data_args: DataArguments, args: MeritTrainingArguments) -> None:
 DEFAULT_OUTPUT_DIR = "outputs/merit-sparse"
 
 
-def system_output_dir(model_args: ModelArguments) -> str:
-    """``outputs/merit-<variant>[-release]``: one folder per system by default."""
+def system_output_dir(model_args: ModelArguments, *, smoke: bool = False) -> str:
+    """``outputs/merit-<variant>[-release]``: one folder per system by default
+    (``outputs/smoke-...`` for ``--smoke`` runs, which must not replace a real model)."""
     suffix = "-release" if model_args.preset == "release" else ""
-    return f"outputs/merit-{model_args.variant}{suffix}"
+    return f"outputs/{'smoke' if smoke else 'merit'}-{model_args.variant}{suffix}"
 
 
 # --------------------------------------------------------------------------------------------
