@@ -22,7 +22,7 @@ import torchaudio.functional as AF
 
 # The silence / too-short gate lives with the model code, so the pipeline a saved model carries
 # (``pipeline_merit``) answers such input exactly as the package does.
-from modeling_merit.audio_merit import MIN_SPEECH_SECONDS, SILENCE_DBFS, speech_absence
+from modeling_merit.audio_merit import MIN_SPEECH_SECONDS, SILENCE_DBFS, mix_down, speech_absence
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -230,16 +230,14 @@ def prepare_waveform(
 ) -> np.ndarray:
     """Turn an in-memory waveform into float32 mono at ``target_sr``.
 
-    2-D input may be channels-first or channels-last: the smaller dimension is taken as the
-    channel axis (audio has far more samples than channels; a square array counts as
-    channels-first). Integer PCM is scaled to [-1, 1].
+    2-D input may be channels-first or channels-last (see
+    :func:`modeling_merit.audio_merit.mix_down`). Integer PCM is scaled to [-1, 1].
     """
     array = check_waveform(array, name)
-    if array.ndim == 2:
-        channel_axis = 0 if array.shape[0] <= array.shape[1] else 1
-        array = array.mean(axis=channel_axis)
-    elif array.ndim != 1:
-        raise AudioError(f"{name}: expected a 1-D or 2-D waveform, got shape {array.shape}")
+    try:
+        array = mix_down(array)
+    except ValueError as err:
+        raise AudioError(f"{name}: {err}") from err
     return _finish(array, sampling_rate, target_sr, name)
 
 

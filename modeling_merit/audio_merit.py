@@ -1,9 +1,10 @@
 """Audio-level decisions shared by the package and the pipeline a saved model carries.
 
-How a long recording is cut into chunks and when audio is too quiet or too short for an
-emotion estimate must be the same whether a user calls ``merit.inference.analyze``, the CLI,
-the demo or ``pipeline("audio-classification", trust_remote_code=True)`` on a Hub copy, so they
-live here, beside the model code (numpy only, no package imports).
+How channels are mixed down, how a long recording is cut into chunks and when audio is too
+quiet or too short for an emotion estimate must be the same whether a user calls
+``merit.inference.analyze``, the CLI, the demo or ``pipeline("audio-classification",
+trust_remote_code=True)`` on a Hub copy, so they live here, beside the model code (numpy
+only, no package imports).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "absence_reason",
     "frame_length",
     "loudest_frame_rms",
+    "mix_down",
     "plan_chunks",
     "speech_absence",
 ]
@@ -31,6 +33,19 @@ MIN_SPEECH_SECONDS = 0.25
 #: Audio whose loudest 25 ms stays below this level (dB re full scale) counts as silence. A
 #: level gate, not a voice-activity detector: loud noise without speech still gets a label.
 SILENCE_DBFS = -60.0
+
+
+def mix_down(array: np.ndarray) -> np.ndarray:
+    """1-D audio from 1-D, channels-first or channels-last input.
+
+    The smaller dimension of 2-D input is the channel axis (audio has far more samples than
+    channels; a square array counts as channels-first); channels are averaged.
+    """
+    if array.ndim == 2:
+        return array.mean(axis=0 if array.shape[0] <= array.shape[1] else 1)
+    if array.ndim != 1:
+        raise ValueError(f"expected a 1-D or 2-D waveform, got shape {array.shape}")
+    return array
 
 
 def frame_length(sampling_rate: int) -> int:

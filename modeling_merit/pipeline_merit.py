@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from transformers import AudioClassificationPipeline
 
-from .audio_merit import plan_chunks, speech_absence
+from .audio_merit import mix_down, plan_chunks, speech_absence
 
 __all__ = ["PIPELINE_ENTRY", "MeritAudioClassificationPipeline", "read_audio_bytes"]
 
@@ -82,12 +82,8 @@ def read_audio_bytes(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def _mono(array: np.ndarray) -> np.ndarray:
-    """Mix down 1-D / channels-first / channels-last audio (the smaller axis is channels)."""
-    array = np.asarray(array, dtype=np.float32)
-    if array.ndim == 2:
-        array = array.mean(axis=0 if array.shape[0] <= array.shape[1] else 1)
-    if array.ndim != 1:
-        raise ValueError(f"Expected 1-D or 2-D audio, got shape {array.shape}.")
+    """Mixed-down, checked float32 audio (as ``merit.audio.prepare_waveform`` mixes down)."""
+    array = mix_down(np.asarray(array, dtype=np.float32))
     if array.size == 0:
         raise ValueError("The audio is empty (0 samples).")
     if not np.isfinite(array).all():
