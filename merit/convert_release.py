@@ -169,14 +169,21 @@ def _read_part(folder: Path, name: str) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _backbone_config(ssl: Mapping[str, torch.Tensor]) -> Any:
+def _need(parts: Mapping[str, Mapping[str, torch.Tensor]], file: str, name: str) -> torch.Tensor:
+    """Tensor ``name`` of the release's ``file``, or an error naming both."""
+    if name not in parts[file]:
+        raise ValueError(f"{file}: missing {name!r}")
+    return parts[file][name]
+
+
+def _backbone_config(parts: Mapping[str, Mapping[str, torch.Tensor]]) -> Any:
     """The WavLM config the fine-tuned encoder's tensors imply (WavLM-Large for the release)."""
     from transformers import WavLMConfig
 
+    ssl = parts["final_ssl.pt"]
+
     def need(name: str) -> torch.Tensor:
-        if name not in ssl:
-            raise ValueError(f"final_ssl.pt: missing {name!r}")
-        return ssl[name]
+        return _need(parts, "final_ssl.pt", name)
 
     layers = 1 + max(
         int(m.group(1)) for k in ssl if (m := re.match(r"encoder\.layers\.(\d+)\.", k))
@@ -262,18 +269,16 @@ def release_state_dict(parts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[
 def _model_config(parts: Mapping[str, Mapping[str, torch.Tensor]], mean: float, std: float):
     from modeling_merit import release_config
 
-    mmoe, se = parts["final_mmoe.pt"], parts["final_se.pt"]
+    mmoe = parts["final_mmoe.pt"]
     experts = 1 + max(int(m.group(1)) for k in mmoe if (m := re.match(r"experts\.(\d+)\.", k)))
-    for name in ("experts.0.fc1.weight", "lstm_enc.2.weight", "out.0.weight"):
-        source = parts["final_ser.pt"] if name.startswith("out") else se if "lstm" in name else mmoe
-        if name not in source:
-            raise ValueError(f"missing {name!r} in the release's files")
-    bins = int(se["lstm_enc.2.weight"].shape[0])
+    _need(parts, "final_ser.pt", "out.0.weight")
+    mask_out = _need(parts, "final_se.pt", "lstm_enc.2.weight")
+    bins = int(mask_out.shape[0])
     return release_config(
-        _backbone_config(parts["final_ssl.pt"]),
+        _backbone_config(parts),
         num_experts=experts,
-        expert_hidden_size=int(mmoe["experts.0.fc1.weight"].shape[0]),
-        se_lstm_size=int(se["lstm_enc.2.weight"].shape[1]),
+        expert_hidden_size=int(_need(parts, "final_mmoe.pt", "experts.0.fc1.weight").shape[0]),
+        se_lstm_size=int(mask_out.shape[1]),
         n_fft=2 * (bins - 1),
         win_length=2 * (bins - 1),
         input_mean=mean,
