@@ -12,6 +12,14 @@ whole utterances, learning rates, schedule), and the same seeds:
 * ``cascade``: SE pre-processing, an SE-only model's output classified by the ``ser-only``
   model (:class:`merit.evaluation.CascadeSystem`); its SSNR is the SE-only model's.
 
+That is ``--suite baselines`` (the default). ``--suite release`` (issue 13) trains instead
+Sparse MERIT, the authors' architecture (``train.py --preset release``) and two ablations of it
+that change one block each: learned gates (``--router_weighting probability`` with our
+auxiliary losses) and our weighted sum of layers (``--integration weighted_sum``); it tests
+learned - hard gates, concatenation - weighted sum and ours - the preset, and writes
+``quality_release.*``. Its full budget is 60 steps (the BLSTM SE head makes a step about 4x
+dearer), about 70 minutes on 2 cores.
+
 Every system is scored by :func:`merit.evaluation.evaluate_systems` on one frozen copy of the
 test speakers (:func:`merit.evaluation.build_test_sets`, i.e. :func:`merit.data.build_eval_sets`)
 at -5/0/5/10 dB of seen and unseen noise and clean. Models are trained for a fixed number of
@@ -80,12 +88,21 @@ TRAINED = ("sparse", "dense", "naive-mtl", "ser-only", "se-only")
 #: Evaluated systems, in table order.
 SYSTEMS = ("sparse", "dense", "naive-mtl", "ser-only", "cascade")
 BASELINES = ("cascade", "naive-mtl", "dense", "ser-only")
+#: ``train.py --preset release`` with the auxiliary losses of ours, for the learned gate.
+_RELEASE = ("--preset", "release")
+_LEARNED_GATE = (
+    *("--router_weighting", "probability", "--load_balance_coef", "0.01"),
+    *("--router_z_loss_coef", "0.001"),
+)
 DISPLAY = {
     "sparse": "Sparse MERIT",
     "dense": "Dense MERIT",
     "naive-mtl": "Naive MTL",
     "ser-only": "SER-only (noisy training)",
     "cascade": "SE -> SER cascade",
+    "release": "Release preset (hard gates, concat)",
+    "release-learned-gate": "Release preset, learned gates",
+    "release-weighted-sum": "Release preset, weighted sum",
     UNPROCESSED: "Unprocessed input",
 }
 METRICS = ("f1_macro", "ssnr")
@@ -133,6 +150,85 @@ BUDGETS = {
         backbone_frozen_steps=4,
         test_utterances=32,
         bootstrap_resamples=1000,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One comparison: what is trained (``train.py`` arguments per system), what is scored,
+    which pairs are tested, and where the report goes.
+
+    ``pairs`` are ``(system, reference)``: each test is ``system - reference``; a ``†`` in
+    the tables marks the reference of a pair whose system is ``sparse``.
+    """
+
+    name: str
+    title: str
+    trained: Mapping[str, tuple[str, ...]]
+    systems: tuple[str, ...]
+    pairs: tuple[tuple[str, str], ...]
+    budgets: Mapping[str, Budget]
+    stem: str
+    description: str
+    #: The -5 dB relative-improvement table against the cascade and naive MTL.
+    improvements: bool = False
+
+
+SUITES = {
+    "baselines": Suite(
+        name="baselines",
+        title="Sparse MERIT vs baselines",
+        trained={variant: ("--variant", variant) for variant in TRAINED},
+        systems=SYSTEMS,
+        pairs=tuple(("sparse", baseline) for baseline in BASELINES),
+        budgets=BUDGETS,
+        stem="quality",
+        description="The cascade classifies the SE-only model's output with the SER-only "
+        "model; its SSNR is the SE-only model's.",
+        improvements=True,
+    ),
+    # Issue 13: the authors' architecture (train.py --preset release) next to ours, and the two
+    # questions it raises, each one block changed on the preset. The release's BLSTM SE head
+    # makes a step about 4x dearer than ours (5.3 s at batch 16 measured), so the budget is half
+    # the baselines' to fit 12 trainings in about an hour.
+    "release": Suite(
+        name="release",
+        title="Sparse MERIT vs the authors' release preset",
+        trained={
+            "sparse": ("--variant", "sparse"),
+            "release": _RELEASE,
+            "release-learned-gate": (*_RELEASE, *_LEARNED_GATE),
+            "release-weighted-sum": (*_RELEASE, "--integration", "weighted_sum"),
+        },
+        systems=("sparse", "release", "release-learned-gate", "release-weighted-sum"),
+        pairs=(
+            ("release-learned-gate", "release"),
+            ("release", "release-weighted-sum"),
+            ("sparse", "release"),
+        ),
+        budgets={
+            "full": Budget(
+                steps=60,
+                batch_size=16,
+                backbone_frozen_steps=30,
+                test_utterances=96,
+                bootstrap_resamples=2000,
+            ),
+            "quick": BUDGETS["quick"],
+        },
+        stem="quality_release",
+        description="Release preset: `train.py --preset release` (a LayerNorm per layer and "
+        "all layers concatenated (5 x 384 on tiny.en), 3 plain experts (1,920 -> 1,536 -> 384), "
+        "top-1 gates with the release's hard argmax "
+        "mask, which gives the gates no gradient, their SER head and BLSTM SE head, no "
+        "auxiliary losses). *Learned gates*: the same with each expert's output scaled by its "
+        "gate probability and our load-balancing and z-losses (`--router_weighting "
+        "probability`), so the gates train. *Weighted sum*: the same as the release preset "
+        "with our learned weighted sum of layers instead of the concatenation "
+        "(`--integration weighted_sum`). Same recipe for all four (the defaults of "
+        "`train.py`); the release's own recipe (5e-5, backbone x0.5, 20 epochs) is "
+        "`configs/paper.yaml`.",
     ),
 }
 
@@ -320,10 +416,14 @@ class Stopwatch:
         return f"{self.seconds['wall']:.0f} s ({self.seconds['cpu']:.0f} s CPU)"
 
 
-def train_args(variant: str, seed: int, budget: Budget, out: Path, progress: bool) -> list[str]:
-    """``train.py`` arguments: the shared budget, fixed steps, no selection on validation."""
+def train_args(
+    system: Sequence[str], seed: int, budget: Budget, out: Path, progress: bool
+) -> list[str]:
+    """``train.py`` arguments: the system's own, the shared budget, fixed steps, no selection
+    on validation."""
     return [
-        *("--variant", variant, "--seed", str(seed), "--output_dir", str(out)),
+        *system,
+        *("--seed", str(seed), "--output_dir", str(out)),
         *("--max_steps", str(budget.steps)),
         *("--per_device_train_batch_size", str(budget.batch_size)),
         *("--backbone_frozen_steps", str(budget.backbone_frozen_steps)),
@@ -338,14 +438,16 @@ def training_settings(budget: Budget) -> dict[str, Any]:
     """The ``train.py`` settings behind the budget, as its own parser resolves them (its
     defaults included), so the report states what was run."""
     from merit.training import parse_args as parse_train_args
+    from modeling_merit import MeritConfig
 
     model_args, data_args, args = parse_train_args(
-        train_args("sparse", 0, budget, Path("unused"), progress=False)
+        train_args(("--variant", "sparse"), 0, budget, Path("unused"), progress=False)
     )
+    defaults = MeritConfig()
     return {
         "backbone": model_args.backbone,
-        "hidden_size": model_args.hidden_size,
-        "expert_hidden_size": model_args.expert_hidden_size,
+        "hidden_size": model_args.hidden_size or defaults.hidden_size,
+        "expert_hidden_size": model_args.expert_hidden_size or defaults.expert_hidden_size,
         "num_experts": model_args.num_experts,
         "router_top_k": model_args.router_top_k,
         "snr_range": list(data_args.snr_range),
@@ -361,21 +463,21 @@ def training_settings(budget: Budget) -> dict[str, Any]:
 
 
 def train_seed(
-    seed: int, budget: Budget, work: Path, progress: bool, log: Callable[..., None]
+    seed: int, suite: Suite, budget: Budget, work: Path, progress: bool, log: Callable[..., None]
 ) -> tuple[dict[str, torch.nn.Module], dict[str, dict[str, float]]]:
-    """The five models of one seed, and their training wall and CPU seconds."""
+    """The suite's models for one seed, and their training wall and CPU seconds."""
     from merit.training import main as train_main
     from modeling_merit import MeritModel
 
     models, seconds = {}, {}
-    for variant in TRAINED:
-        out = work / f"{variant}-seed{seed}"
-        log(f"training {variant} (seed {seed}, {budget.steps} steps)", True)
+    for name, system in suite.trained.items():
+        out = work / f"{name}-seed{seed}"
+        log(f"training {name} (seed {seed}, {budget.steps} steps)", True)
         with Stopwatch() as watch:
-            train_main(train_args(variant, seed, budget, out, progress))
-        seconds[variant] = watch.seconds
-        models[variant] = MeritModel.from_pretrained(out).eval()
-        log(f"trained {variant} (seed {seed}) in {watch}")
+            train_main(train_args(system, seed, budget, out, progress))
+        seconds[name] = watch.seconds
+        models[name] = MeritModel.from_pretrained(out).eval()
+        log(f"trained {name} (seed {seed}) in {watch}")
     return models, seconds
 
 
@@ -387,11 +489,13 @@ def evaluate_seed(
     device: str,
     with_unprocessed: bool,
     progress: bool,
+    suite: Suite = SUITES["baselines"],
 ) -> dict[str, Any]:
     """Rows, SER decisions and per-utterance SSNR of every system for one seed."""
     plain = {name: ModelSystem(model, device=device) for name, model in models.items()}
-    systems: dict[str, System] = {name: plain[name] for name in SYSTEMS if name in plain}
-    systems["cascade"] = CascadeSystem(plain["se-only"], plain["ser-only"])
+    systems: dict[str, System] = {name: plain[name] for name in suite.systems if name in plain}
+    if "cascade" in suite.systems:
+        systems["cascade"] = CascadeSystem(plain["se-only"], plain["ser-only"])
     if with_unprocessed:
         systems[UNPROCESSED] = UnprocessedInput()
     result = evaluate_systems(systems, eval_sets, batch_size=8, progress=progress)
@@ -406,29 +510,41 @@ def evaluate_seed(
     }
 
 
+def pair_key(system: str, reference: str) -> str:
+    """How a tested pair is named in the report and its JSON (``system - reference``)."""
+    return f"{system} - {reference}"
+
+
 def significance(
-    per_seed: Sequence[Mapping[str, Any]], conditions: Sequence[str], resamples: int
+    per_seed: Sequence[Mapping[str, Any]],
+    conditions: Sequence[str],
+    resamples: int,
+    pairs: Sequence[tuple[str, str]] = SUITES["baselines"].pairs,
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """``{metric: {baseline: {condition: test}}}`` for Sparse MERIT against each baseline."""
+    """``{metric: {pair_key: {condition: test}}}``, each test of ``system - reference``."""
     tests: dict[str, dict[str, dict[str, dict[str, float]]]] = {m: {} for m in METRICS}
-    for baseline in BASELINES:
+    for system, reference in pairs:
+        key = pair_key(system, reference)
         for condition in conditions:
             labels = per_seed[0]["label_names"]
-            if labels["sparse"] != labels[baseline]:
-                raise ValueError(f"sparse and {baseline} number the emotions differently")
-            refs = per_seed[0]["decisions"]["sparse"][condition][1]
+            if labels[system] != labels[reference]:
+                raise ValueError(f"{system} and {reference} number the emotions differently")
+            refs = per_seed[0]["decisions"][system][condition][1]
             pred = {
                 name: [run["decisions"][name][condition][0] for run in per_seed]
-                for name in ("sparse", baseline)
+                for name in (system, reference)
             }
-            num_labels = len(labels["sparse"])
-            tests["f1_macro"].setdefault(baseline, {})[condition] = paired_bootstrap_f1(
-                pred["sparse"], pred[baseline], refs, num_labels, num_resamples=resamples
+            tests["f1_macro"].setdefault(key, {})[condition] = paired_bootstrap_f1(
+                pred[system],
+                pred[reference],
+                refs,
+                len(labels[system]),
+                num_resamples=resamples,
             )
-            if all(baseline in run["ssnr"] for run in per_seed):
-                tests["ssnr"].setdefault(baseline, {})[condition] = paired_wilcoxon(
-                    [run["ssnr"]["sparse"][condition] for run in per_seed],
-                    [run["ssnr"][baseline][condition] for run in per_seed],
+            if all(name in run["ssnr"] for run in per_seed for name in (system, reference)):
+                tests["ssnr"].setdefault(key, {})[condition] = paired_wilcoxon(
+                    [run["ssnr"][system][condition] for run in per_seed],
+                    [run["ssnr"][reference][condition] for run in per_seed],
                 )
     return tests
 
@@ -513,13 +629,14 @@ def format_mean_std_table(
 def format_significance_table(
     tests: Mapping[str, Mapping[str, Mapping[str, float]]], metric: str, conditions: Sequence[str]
 ) -> str:
-    """Rows: baselines; cells: Sparse MERIT minus baseline and the p-value, ``*`` if < 0.05."""
+    """Rows: tested pairs (:func:`pair_key`); cells: the difference and its p-value, ``*`` if
+    < 0.05."""
     _, scale, decimals = TABLE_METRICS[metric]
     lines = [
-        "| Sparse MERIT vs | " + " | ".join(column_title(c) for c in conditions) + " |",
+        "| Pair (first minus second) | " + " | ".join(column_title(c) for c in conditions) + " |",
         "|---|" + "---:|" * len(conditions),
     ]
-    for baseline, by_condition in tests.items():
+    for key, by_condition in tests.items():
         cells = []
         for condition in conditions:
             test = by_condition.get(condition)
@@ -531,7 +648,8 @@ def format_significance_table(
                 f"{_number(test['delta'], scale, decimals, sign=True)} "
                 f"(p={test['p_value']:.3g}){star}"
             )
-        lines.append(f"| {DISPLAY[baseline]} | " + " | ".join(cells) + " |")
+        names = " - ".join(DISPLAY.get(name, name) for name in key.split(" - "))
+        lines.append(f"| {names} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -565,10 +683,12 @@ def format_improvements(improvements: Mapping[str, Mapping[str, Mapping[str, flo
 
 
 def write_summary_csv(
-    summary: Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]], path: Path
+    summary: Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]],
+    path: Path,
+    systems: Sequence[str] = SYSTEMS,
 ) -> None:
     """Long CSV: one line per metric, system and condition, raw units (F1 as a fraction)."""
-    order = {name: i for i, name in enumerate((*SYSTEMS, UNPROCESSED))}
+    order = {name: i for i, name in enumerate((*systems, UNPROCESSED))}
     columns = table_columns({condition for _, condition in summary})
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -647,33 +767,35 @@ def plot_f1_bands(
     fig.savefig(path, dpi=120)
 
 
+def _sparse_marks(tests: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict:
+    """``†`` on the reference of every ``sparse - reference`` pair with p < 0.05."""
+    prefix = pair_key("sparse", "")
+    return {
+        (key.removeprefix(prefix), condition): "†"
+        for key, by_condition in tests.items()
+        if key.startswith(prefix)
+        for condition, test in by_condition.items()
+        if test["p_value"] < ALPHA
+    }
+
+
 def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
+    suite = SUITES[report.get("suite", "baselines")]
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "md": out / "quality.md",
-        "csv": out / "quality.csv",
-        "json": out / "quality.json",
-        "plot": out / "quality_f1_vs_snr.png",
+        "md": out / f"{suite.stem}.md",
+        "csv": out / f"{suite.stem}.csv",
+        "json": out / f"{suite.stem}.json",
+        "plot": out / f"{suite.stem}_f1_vs_snr.png",
     }
     summary = report["summary"]
     conditions = table_columns({c for _, c in summary})
     tests = report["significance"]
-    marks = {
-        (baseline, condition): "†"
-        for baseline, by_condition in tests["f1_macro"].items()
-        for condition, test in by_condition.items()
-        if test["p_value"] < ALPHA
-    }
-    ssnr_marks = {
-        (baseline, condition): "†"
-        for baseline, by_condition in tests["ssnr"].items()
-        for condition, test in by_condition.items()
-        if test["p_value"] < ALPHA
-    }
+    marks, ssnr_marks = _sparse_marks(tests["f1_macro"]), _sparse_marks(tests["ssnr"])
     budget, settings = report["budget"], report["training_settings"]
     quick = report["mode"] == "quick"
     md = [
-        "# Quality benchmark: Sparse MERIT vs baselines" + (" (--quick run)" if quick else ""),
+        f"# Quality benchmark: {suite.title}" + (" (--quick run)" if quick else ""),
         "",
         f"Command: `{report['command']}`; {report['elapsed_minutes']:.1f} min "
         f"({report['cpu_minutes']:.1f} min CPU time, the wall time on free cores) on "
@@ -685,7 +807,8 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
         md += [
             "> **--quick mode**: a pipeline check with a tiny budget "
             f"({budget['steps']} steps) and a subset of the test set. The numbers are not a "
-            "result; run `python benchmarks/quality.py` for the benchmark.",
+            f"result; run `python benchmarks/quality.py --suite {suite.name}` for the "
+            "benchmark.",
             "",
         ]
     md += [
@@ -710,39 +833,43 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
         f"{settings['weight_decay']:g}), training SNR uniform in "
         f"[{settings['snr_range'][0]:g}, {settings['snr_range'][1]:g}] dB with "
         f"{100 * settings['clean_prob']:g} % clean examples, final weights (no selection on "
-        "validation). The cascade classifies the SE-only model's "
-        "output with the SER-only model; its SSNR is the SE-only model's.",
+        f"validation). {suite.description}",
         "",
         "This is a small-scale, synthetic-speech setting: it is **not** the paper's setup "
         "(WavLM-Large on MSP-Podcast), and its numbers are not comparable with the paper's.",
         "",
         "## F1-macro (%), mean ± std over seeds",
         "",
-        format_mean_std_table(summary, "f1_macro", SYSTEMS, conditions, marks=marks),
+        format_mean_std_table(summary, "f1_macro", suite.systems, conditions, marks=marks),
         "## Segmental SNR (dB), mean ± std over seeds",
         "",
         format_mean_std_table(
-            summary, "ssnr", [*SYSTEMS, UNPROCESSED], conditions, marks=ssnr_marks
+            summary, "ssnr", [*suite.systems, UNPROCESSED], conditions, marks=ssnr_marks
         ),
         "†: Sparse MERIT differs from this system in this cell with p < 0.05 (tests below).",
         "",
-        f"## Relative improvement of Sparse MERIT at {HARDEST_SNR:g} dB",
-        "",
-        "Percent of the baseline's mean over seeds, `100 (sparse - baseline) / |baseline|`, "
-        "with the raw difference in brackets; *Average*: the mean of the seen and unseen "
-        "gains. The paper's figures (MSP-Podcast, WavLM backbone, -5 dB) are shown for "
-        "reference only: different corpus, model scale and training budget. Relative SSNR "
-        "gains are unstable when the baseline's SSNR is near 0 dB (‡: |baseline| < "
-        f"{UNSTABLE_SSNR_DB:g} dB); read the dB differences.",
-        "",
-        format_improvements(report["relative_improvement"]),
-        "## Paired significance tests (Sparse MERIT minus baseline)",
+    ]
+    if suite.improvements:
+        md += [
+            f"## Relative improvement of Sparse MERIT at {HARDEST_SNR:g} dB",
+            "",
+            "Percent of the baseline's mean over seeds, `100 (sparse - baseline) / |baseline|`, "
+            "with the raw difference in brackets; *Average*: the mean of the seen and unseen "
+            "gains. The paper's figures (MSP-Podcast, WavLM backbone, -5 dB) are shown for "
+            "reference only: different corpus, model scale and training budget. Relative SSNR "
+            "gains are unstable when the baseline's SSNR is near 0 dB (‡: |baseline| < "
+            f"{UNSTABLE_SSNR_DB:g} dB); read the dB differences.",
+            "",
+            format_improvements(report["relative_improvement"]),
+        ]
+    md += [
+        "## Paired significance tests (first system minus second)",
         "",
         "F1-macro (points): paired bootstrap over test utterances "
         f"({budget['bootstrap_resamples']} resamples; the same resample for both systems and "
         "all seeds; statistic = seed-averaged F1 difference; two-sided p). SSNR (dB): "
         "Wilcoxon signed-rank over test utterances of the per-utterance SSNR difference "
-        "averaged over the paired seeds (seed s of Sparse MERIT with seed s of the baseline). "
+        "averaged over the paired seeds (seed s of one system with seed s of the other). "
         "`*`: p < 0.05, uncorrected for the "
         f"{sum(len(c) for t in tests.values() for c in t.values())} tests (about 1 in 20 "
         "is expected by chance when there is no difference). The tests measure test-set "
@@ -755,11 +882,11 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
         "",
         format_significance_table(tests["ssnr"], "ssnr", conditions),
         f"Plot: `{paths['plot'].name}` (mean ± std bands; seen solid, unseen dashed). "
-        "Raw per-seed rows: `quality.json`; table as CSV: `quality.csv`.",
+        f"Raw per-seed rows: `{paths['json'].name}`; table as CSV: `{paths['csv'].name}`.",
         "",
     ]
     paths["md"].write_text("\n".join(md), encoding="utf-8")
-    write_summary_csv(summary, paths["csv"])
+    write_summary_csv(summary, paths["csv"], suite.systems)
     serializable = dict(
         report,
         summary=[{"system": s, "condition": c, **cell} for (s, c), cell in summary.items()],
@@ -767,7 +894,7 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
     paths["json"].write_text(json.dumps(serializable, indent=2, allow_nan=True) + "\n")
     plot_f1_bands(
         summary,
-        SYSTEMS,
+        suite.systems,
         paths["plot"],
         "F1-macro vs SNR, mean ± std over seeds (solid: seen noise, dashed: unseen)"
         + (" [--quick]" if quick else ""),
@@ -788,6 +915,13 @@ def _device_name(device: str) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default="baselines",
+        help="baselines: Sparse MERIT against dense, naive MTL, SER-only and the cascade "
+        "(issue 6); release: against the authors' preset and its two ablations (issue 13)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budget: a pipeline check")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="override the training steps of the mode")
@@ -828,19 +962,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, argv_list: list[str]) -> dict[str, Any]:
     """Train, evaluate, test and write the report (see the module docstring)."""
-    budget = BUDGETS["quick" if args.quick else "full"]
+    suite = SUITES[args.suite]
+    budget = suite.budgets["quick" if args.quick else "full"]
     if args.steps is not None:
         budget = replace(budget, steps=args.steps)
     if args.test_utterances is not None:
         budget = replace(budget, test_utterances=args.test_utterances)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     started, started_cpu = time.perf_counter(), time.process_time()
-    trainings = iter(range(1, len(args.seeds) * len(TRAINED) + 1))
+    total = len(args.seeds) * len(suite.trained)
+    trainings = iter(range(1, total + 1))
 
     def log(message: str, new_training: bool = False) -> None:
         minutes = (time.perf_counter() - started) / 60
         if new_training:
-            message = f"[{next(trainings)}/{len(args.seeds) * len(TRAINED)}] {message}"
+            message = f"[{next(trainings)}/{total}] {message}"
         print(f"[quality {minutes:5.1f} min] {message}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="merit-quality-") as scratch:
@@ -852,7 +988,7 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict[str, Any]:
         )
         per_seed, train_seconds, eval_seconds = [], {}, {}
         for number, seed in enumerate(args.seeds):
-            models, seconds = train_seed(seed, budget, work, not args.no_progress, log)
+            models, seconds = train_seed(seed, suite, budget, work, not args.no_progress, log)
             train_seconds[str(seed)] = seconds
             log(f"evaluating seed {seed}")
             with Stopwatch() as watch:
@@ -864,6 +1000,7 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict[str, Any]:
                         device=device,
                         with_unprocessed=number == 0,
                         progress=not args.no_progress,
+                        suite=suite,
                     )
                 )
             eval_seconds[str(seed)] = watch.seconds
@@ -875,6 +1012,7 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict[str, Any]:
     log("significance tests")
     report = {
         "command": "python benchmarks/quality.py" + "".join(f" {a}" for a in argv_list),
+        "suite": suite.name,
         "mode": "quick" if args.quick else "full",
         "budget": asdict(budget),
         "seeds": list(args.seeds),
@@ -885,8 +1023,8 @@ def run(args: argparse.Namespace, argv_list: list[str]) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "summary": summary,
-        "relative_improvement": improvements_at(summary, HARDEST_SNR),
-        "significance": significance(per_seed, conditions, budget.bootstrap_resamples),
+        "relative_improvement": improvements_at(summary, HARDEST_SNR) if suite.improvements else {},
+        "significance": significance(per_seed, conditions, budget.bootstrap_resamples, suite.pairs),
         "paper_improvement_percent": {f"{b}/{m}": v for (b, m), v in PAPER_IMPROVEMENT.items()},
         "rows": rows,
     }

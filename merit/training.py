@@ -147,8 +147,9 @@ class ModelArguments:
         metadata={
             "help": "'release': the authors' architecture (LayerNorm + concatenation of all "
             "layers, 3 plain experts, top-1 hard gates, their SER and BLSTM SE heads; "
-            "modeling_merit.configuration_merit.RELEASE_PRESET), widths from the backbone; it "
-            "fixes those options (the variant still picks routing and tasks)"
+            "modeling_merit.configuration_merit.RELEASE_PRESET), widths from the backbone; the "
+            "variant still picks routing and tasks, and --integration, --router_weighting, "
+            "--load_balance_coef and --router_z_loss_coef replace the preset's when given"
         },
     )
     hidden_size: int | None = field(
@@ -172,8 +173,26 @@ class ModelArguments:
     )
     ser_loss_weight: float = field(default=1.0)
     se_loss_weight: float = field(default=1.0)
-    load_balance_coef: float = field(default=0.01)
-    router_z_loss_coef: float = field(default=0.001)
+    integration: Literal["weighted_sum", "concat"] | None = field(
+        default=None,
+        metadata={
+            "help": "layer integration (default: weighted_sum; concat under --preset release, "
+            "where this flag overrides the preset, as the quality benchmark's ablation does)"
+        },
+    )
+    router_weighting: Literal["topk_softmax", "probability", "hard"] | None = field(
+        default=None,
+        metadata={
+            "help": "how the gate weighs its experts (default: topk_softmax; hard under "
+            "--preset release, where this flag overrides the preset)"
+        },
+    )
+    load_balance_coef: float | None = field(
+        default=None, metadata={"help": "load-balancing loss weight (default 0.01; preset 0)"}
+    )
+    router_z_loss_coef: float | None = field(
+        default=None, metadata={"help": "router z-loss weight (default 0.001; 0 in the preset)"}
+    )
     se_sisdr_weight: float = field(default=0.0, metadata={"help": "weight of a -SI-SDR loss"})
     categorical_head: bool = field(
         default=True,
@@ -390,10 +409,25 @@ def class_weights(value: str, train: Any, label_names: Sequence[str]) -> list[fl
     return weights
 
 
+#: Options that ``MeritConfig`` defaults (or the release preset sets) unless a flag names them.
+_OVERRIDABLE = ("integration", "router_weighting", "load_balance_coef", "router_z_loss_coef")
+
+
+def _routing_overrides(model_args: ModelArguments) -> dict[str, Any]:
+    """The overridable options the user gave (``None`` = not given)."""
+    return {
+        name: getattr(model_args, name)
+        for name in _OVERRIDABLE
+        if getattr(model_args, name) is not None
+    }
+
+
 def _release_kwargs(kwargs: dict, model_args: ModelArguments, backbone: Any) -> dict:
-    """``kwargs`` with the release's options; its widths follow the backbone unless given."""
+    """``kwargs`` with the release's options; its widths follow the backbone unless given,
+    and an explicit integration / weighting / auxiliary-loss flag replaces the preset's (one
+    block changed at a time: the quality benchmark's ablations)."""
     routing, tasks = kwargs["routing"], kwargs["tasks"]
-    kwargs = {**kwargs, **RELEASE_PRESET}
+    kwargs = {**kwargs, **RELEASE_PRESET, **_routing_overrides(model_args)}
     if model_args.variant != "sparse":
         kwargs.update(routing=routing, tasks=tasks)
     width = backbone.hidden_size
@@ -438,8 +472,7 @@ def build_model(
         mask_ceiling=model_args.mask_ceiling,
         ser_loss_weight=model_args.ser_loss_weight,
         se_loss_weight=model_args.se_loss_weight,
-        load_balance_coef=model_args.load_balance_coef,
-        router_z_loss_coef=model_args.router_z_loss_coef,
+        **_routing_overrides(model_args),
         se_sisdr_weight=model_args.se_sisdr_weight,
         categorical_head=model_args.categorical_head,
         dimension_names=list(dimension_names) if dimension_names else None,

@@ -150,13 +150,15 @@ def test_tables_show_mean_std_marks_and_p_values():
     assert "| Sparse MERIT | 2.00 ± 1.41 | - |" in ssnr
     assert "SER-only" not in ssnr  # no SE output at all: no row
     tests = {
-        "cascade": {
+        quality.pair_key("sparse", "cascade"): {
             "clean": {"delta": 0.04, "p_value": 0.012},
             "seen_-5dB": {"delta": -0.01, "p_value": 0.5},
         }
     }
     row = quality.format_significance_table(tests, "f1_macro", conditions).splitlines()[2]
-    assert row == "| SE -> SER cascade | +4.0 (p=0.012)* | -1.0 (p=0.5) |"
+    assert row == "| Sparse MERIT - SE -> SER cascade | +4.0 (p=0.012)* | -1.0 (p=0.5) |"
+    # the reference of a Sparse MERIT pair is marked where the test is significant
+    assert quality._sparse_marks(tests) == {("cascade", "clean"): "†"}
 
 
 def test_csv_and_plot_writers(tmp_path):
@@ -183,3 +185,43 @@ def test_csv_and_plot_writers(tmp_path):
     plot = tmp_path / "q.png"
     quality.plot_f1_bands(summary, ["sparse"], plot, "test")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_release_suite_changes_one_block_per_ablation(tmp_path):
+    """Each system of ``--suite release`` builds the model its name says: the preset, and the
+    preset with exactly one block replaced (what the paired tests attribute a difference to)."""
+    from merit.training import build_model, parse_args
+
+    suite = quality.SUITES["release"]
+    budget = suite.budgets["quick"]
+    configs = {}
+    for name, system in suite.trained.items():
+        argv = quality.train_args(system, 0, budget, tmp_path / name, progress=False)
+        model_args, _, _ = parse_args([*argv, "--backbone", "tiny"])
+        configs[name] = build_model(model_args, {0: "a", 1: "b"}).config.to_dict()
+    release = configs["release"]
+    assert (release["integration"], release["router_weighting"]) == ("concat", "hard")
+    assert (release["se_head_type"], release["router_top_k"], release["num_experts"]) == (
+        "blstm",
+        1,
+        3,
+    )
+    assert configs["sparse"]["integration"] == "weighted_sum"
+    assert configs["sparse"]["se_head_type"] == "mask_mlp"
+    ignored = {"_name_or_path", "transformers_version", "backbone_config"}
+
+    def changed(name: str) -> set[str]:
+        return {
+            key
+            for key in release.keys() | configs[name].keys()
+            if key not in ignored and release.get(key) != configs[name].get(key)
+        }
+
+    assert changed("release-learned-gate") == {
+        "router_weighting",
+        "load_balance_coef",
+        "router_z_loss_coef",
+    }
+    assert changed("release-weighted-sum") == {"integration"}
+    for system, reference in suite.pairs:
+        assert system in suite.systems and reference in suite.systems
