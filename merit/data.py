@@ -94,13 +94,16 @@ def load_speech_dataset(
     seed: int = 0,
     keep_missing_files: bool = False,
     split_map: Mapping[str, str] | None = None,
+    audio_root: str | Path | None = None,
 ) -> DatasetDict:
     """Load a labelled speech corpus from any common layout into one normalised form.
 
     ``source`` may be a local audiofolder directory (``metadata.csv``/``metadata.jsonl`` with a
     ``file_name`` column, or class sub-folders ``<root>/<label>/*.wav``, optionally under
     ``train/``/``validation/``/``test/``), a ``save_to_disk`` folder, a CSV/JSONL manifest
-    (audio paths relative to the manifest's folder or absolute), any other local folder that
+    (audio paths relative to ``audio_root``, by default the manifest's folder, or absolute:
+    MSP-Podcast keeps its labels in ``Labels/`` and its audio in ``Audios/``), any other local
+    folder that
     ``datasets.load_dataset`` understands (e.g. a downloaded Hub snapshot of parquet files), or a
     Hub dataset name.
 
@@ -127,8 +130,19 @@ def load_speech_dataset(
     dimensions = tuple(dimension_columns or ())
     if len(set(dimensions)) != len(dimensions):
         raise ValueError(f"dimension_columns must be distinct, got {list(dimensions)}")
+    root = None
+    if audio_root is not None:
+        root = Path(audio_root).expanduser()
+        if not root.is_dir():
+            raise ValueError(f"audio root folder not found: {root}")
     columns = _Columns(
-        label_column, audio_column, speaker_column, split_column, dimensions, keep_missing_files
+        label_column,
+        audio_column,
+        speaker_column,
+        split_column,
+        dimensions,
+        keep_missing_files,
+        root,
     )
     splits = _read_source(str(source), columns)
     if split_map:
@@ -141,10 +155,11 @@ def load_speech_dataset(
 def _apply_split_map(
     splits: Mapping[str, Dataset], split_map: Mapping[str, str]
 ) -> dict[str, Dataset]:
-    """Rename split values (``"drop"``: leave the rows out), merging splits that meet."""
+    """Rename split values (``"drop"``: leave the rows out), merging splits that meet; the
+    name ``*`` stands for every value not named (``Session5=test,*=train``)."""
     renamed: dict[str, list[Dataset]] = {}
     for name, dataset in splits.items():
-        target = split_map.get(name, name)
+        target = split_map.get(name, split_map.get("*", name))
         if target == "drop":
             continue
         renamed.setdefault(target, []).append(dataset)
@@ -164,6 +179,8 @@ class _Columns:
     split: str
     dimensions: tuple[str, ...] = ()
     keep_missing_files: bool = False
+    #: Folder that relative table paths start from (``None``: the table's own folder).
+    audio_root: Path | None = None
 
 
 def _read_source(source: str, columns: _Columns) -> dict[str, Dataset]:
@@ -259,7 +276,7 @@ def _from_table(table: Path, columns: _Columns) -> dict[str, Dataset]:
                 f"{columns.label!r} value"
             )
         path = Path(relative).expanduser()
-        paths.append(path if path.is_absolute() else table.parent / path)
+        paths.append(path if path.is_absolute() else (columns.audio_root or table.parent) / path)
         labels.append(label)
         splits.append(_text(row.get(columns.split)) or _split_from_path(path))
     missing = [str(p) for p in paths if not p.is_file()]
@@ -532,9 +549,36 @@ def _encode_label(label: Any, label2id: Mapping[str, int]) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+#: Noise split names found in noise corpora, mapped to the three the package uses: ``seen``
+#: (mixed into training), ``dev`` (validation mixes only) and ``unseen`` (test mixes only).
+NOISE_SPLIT_ALIASES = {
+    "seen": "seen",
+    "train": "seen",
+    "training": "seen",
+    "dev": "dev",
+    "development": "dev",
+    "validation": "dev",
+    "valid": "dev",
+    "unseen": "unseen",
+    "test": "unseen",
+}
+
+
+def noise_split(name: str, where: str) -> str:
+    """A noise split value or folder as ``seen`` / ``dev`` / ``unseen``; anything else is an
+    error (a mistyped split would put test noise into training)."""
+    split = NOISE_SPLIT_ALIASES.get(name.strip().lower())
+    if split is None:
+        raise ValueError(
+            f"{where}: unknown noise split {name!r}; use one of "
+            f"{', '.join(sorted(NOISE_SPLIT_ALIASES))}"
+        )
+    return split
+
+
 @dataclass(frozen=True)
 class NoiseFile:
-    """One noise recording and its metadata."""
+    """One noise recording and its metadata (``split``: ``seen``, ``dev`` or ``unseen``)."""
 
     path: Path
     noise_type: str
@@ -567,8 +611,10 @@ class NoiseBank:
         With ``noise.csv`` (``file_name,noise_type[,split]``) its columns are used. Otherwise
         the noise type is the parent folder name (files in the root: the file-name prefix
         before ``_``, ``-`` or a digit) and every file counts as ``"seen"``, except under a
-        top-level ``seen/`` or ``unseen/`` folder, which sets the split. ``split=None`` keeps
-        every file.
+        top-level split folder: ``seen/`` or ``train/`` (training noise), ``dev/`` or
+        ``validation/`` (validation only), ``unseen/`` or ``test/`` (test only), as noise
+        corpora split their files (:data:`NOISE_SPLIT_ALIASES`). ``split=None`` keeps every
+        file.
         """
         root = Path(path).expanduser()
         if not root.is_dir():
@@ -622,7 +668,8 @@ def _noise_from_table(table: Path) -> list[NoiseFile]:
         name, noise_type = _text(row.get("file_name")), _text(row.get("noise_type"))
         if not name or not noise_type:
             raise ValueError(f"{table}: row {line_number} needs file_name and noise_type")
-        files.append(NoiseFile(table.parent / name, noise_type, _text(row.get("split")) or "seen"))
+        split = noise_split(_text(row.get("split")) or "seen", f"{table}: row {line_number}")
+        files.append(NoiseFile(table.parent / name, noise_type, split))
     missing = [str(f.path) for f in files if not f.path.is_file()]
     if missing:
         raise ValueError(f"{table}: {len(missing)} noise file(s) not found, e.g. {missing[:5]}")
@@ -632,8 +679,8 @@ def _noise_from_table(table: Path) -> list[NoiseFile]:
 def _noise_from_path(path: Path, relative: Path) -> NoiseFile:
     parts = relative.parts
     split = "seen"
-    if len(parts) > 1 and parts[0] in ("seen", "unseen"):
-        split, parts = parts[0], parts[1:]
+    if len(parts) > 1 and parts[0].lower() in NOISE_SPLIT_ALIASES:
+        split, parts = NOISE_SPLIT_ALIASES[parts[0].lower()], parts[1:]
     if len(parts) > 1:
         noise_type = parts[-2]
     else:

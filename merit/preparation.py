@@ -45,6 +45,7 @@ __all__ = [
     "parse_split_map",
     "load_noise_banks",
     "prepare_data",
+    "validation_noise",
     "quiet_datasets",
     "resolve_data_sources",
     "spread_subset",
@@ -69,7 +70,8 @@ class DataArguments:
     noise_dir: str | None = field(
         default=None,
         metadata={
-            "help": "noise folder (noise.csv or seen/ and unseen/ sub-folders); default: "
+            "help": "noise folder (noise.csv, or split sub-folders: seen/ or train/ for "
+            "training, dev/ for validation only, unseen/ or test/ for test only); default: "
             "the dataset's noise/ folder, else the embedded corpus' noise bank"
         },
     )
@@ -81,6 +83,13 @@ class DataArguments:
         },
     )
     audio_column: str | None = field(default=None)
+    audio_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder that the table's relative audio paths start from (default: the "
+            "table's folder), e.g. MSP-Podcast's Audios/ beside Labels/labels_consensus.csv"
+        },
+    )
     split_column: str = field(
         default="split",
         metadata={"help": "column of the split (e.g. MSP-Podcast's Split_Set)"},
@@ -92,9 +101,10 @@ class DataArguments:
     split_map: str | None = field(
         default=None,
         metadata={
-            "help": "rename split values, e.g. 'Test2=drop,Test3=drop' or 'fold5=test'; "
-            "Train/Development/Test1 (MSP-Podcast) and train/dev/valid/test are understood "
-            "without it; any other split value is an error naming it"
+            "help": "rename split values, e.g. 'Test2=drop,Test3=drop', or "
+            "'Session5=test,*=train' (* = every other value); Train/Development/Test1 "
+            "(MSP-Podcast) and train/dev/valid/test are understood without it; any other "
+            "split value is an error naming it"
         },
     )
     dimension_columns: str | None = field(
@@ -127,7 +137,18 @@ class DataArguments:
     )
     eval_snrs: list[float] = field(
         default_factory=lambda: [-5.0, 0.0, 5.0, 10.0],
-        metadata={"help": "SNRs of the validation and test noise (dB)"},
+        metadata={
+            "help": "SNRs of the test noise (dB), and of the validation noise unless "
+            "--validation_snrs is given"
+        },
+    )
+    validation_snrs: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "SNRs of the validation noise (dB), e.g. 5 with --eval_snrs -5 for the "
+            "paper's fixed-SNR protocol (train and dev at 5 dB, test at -5 dB); default: "
+            "--eval_snrs"
+        },
     )
     eval_seed: int = field(default=1234, metadata={"help": "seed of the frozen eval noise"})
     max_eval_samples: int | None = field(
@@ -147,7 +168,8 @@ class DataArguments:
 
 
 def parse_split_map(text: str | None) -> dict[str, str] | None:
-    """``"Test2=drop,fold5=test"`` -> ``{"Test2": "drop", "fold5": "test"}``."""
+    """``"Test2=drop,fold5=test"`` -> ``{"Test2": "drop", "fold5": "test"}``; ``*`` names
+    every other value (IEMOCAP's leave-one-session-out: ``Session5=test,*=train``)."""
     if not text:
         return None
     mapping = {}
@@ -185,11 +207,22 @@ def load_noise_banks(noise_dir: str | Path) -> tuple[NoiseBank, NoiseBank | None
     """Seen (training) and unseen (test-only) banks; a folder without unseen noise gives
     ``None`` for it, and the unseen columns are then left out."""
     seen = NoiseBank.from_dir(noise_dir, split="seen")
+    return seen, _optional_bank(noise_dir, "unseen")
+
+
+def _optional_bank(noise_dir: str | Path, split: str) -> NoiseBank | None:
     try:
-        unseen = NoiseBank.from_dir(noise_dir, split="unseen")
-    except ValueError:
-        unseen = None
-    return seen, unseen
+        return NoiseBank.from_dir(noise_dir, split=split)
+    except ValueError as err:
+        if "no " + split not in str(err):  # a broken folder, not an absent split
+            raise
+        return None
+
+
+def validation_noise(prepared: PreparedData, seen: NoiseBank) -> NoiseBank:
+    """The bank validation mixes draw from: the folder's ``dev`` noise when it has some (a
+    noise corpus split three ways), else the training noise, as before."""
+    return _optional_bank(prepared.noise_dir, "dev") or seen
 
 
 def spread_subset(dataset: Dataset, limit: int | None) -> Dataset:
@@ -459,6 +492,7 @@ def prepare_data(
         split_column=data_args.split_column,
         speaker_column=data_args.speaker_column,
         split_map=parse_split_map(data_args.split_map),
+        audio_root=data_args.audio_root,
     )
     if "train" not in splits:
         raise ValueError(f"dataset {display!r} has no train split (has {list(splits)})")

@@ -53,6 +53,7 @@ from transformers import (
 )
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
+from merit.audio import audio_info
 from merit.data import (
     DataCollatorForMerit,
     NoiseBank,
@@ -75,6 +76,7 @@ from merit.preparation import (
     build_validation_set,
     prepare_data,
     quiet_datasets,
+    validation_noise,
 )
 from merit.runs import TINY_BACKBONE, RunTrainingArguments, parse_with_config, resolve_checkpoint
 from merit.whisper_ct2 import TINY_EN_HUB_ID, TINY_EN_NAME, resolve_pretrained_backbone
@@ -566,6 +568,21 @@ class MeritTrainer(Trainer):
         self.optimizer = optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
         return self.optimizer
 
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """Length-grouped batches from the file headers (:meth:`NoisyTrainingSet.lengths`);
+        ``Trainer`` would otherwise decode and mix every utterance once to measure it."""
+        train_dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(
+            train_dataset, NoisyTrainingSet
+        ):
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                lengths=train_dataset.lengths(),
+            )
+        return super()._get_train_sampler(train_dataset)
+
     def compute_loss(
         self,
         model: torch.nn.Module,
@@ -710,6 +727,18 @@ class NoisyTrainingSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         return self.mixer.mix_example(self.split[int(index)], rng)
+
+    def lengths(self) -> list[int]:
+        """Each utterance's length in samples at the mixer's rate, capped at its crop: what
+        ``--train_sampling_strategy group_by_length`` sorts by. Read from the file headers,
+        so a corpus of long utterances is not decoded (and mixed) once just to be sorted."""
+        rate, cap = self.mixer.sampling_rate, self.mixer.max_samples
+        lengths = []
+        for audio in self.split.with_format("python")["audio"]:
+            frames, source_rate = audio_info(audio)
+            samples = math.ceil(frames * rate / source_rate)
+            lengths.append(samples if cap is None else min(samples, cap))
+        return lengths
 
 
 class _EpochSetter(TrainerCallback):
@@ -888,8 +917,8 @@ def main(
             )
         eval_dataset = build_validation_set(
             prepared.validation,
-            seen,
-            data_args.eval_snrs,
+            validation_noise(prepared, seen),
+            data_args.validation_snrs or data_args.eval_snrs,
             seed=data_args.eval_seed,
             label2id=label2id,
         )

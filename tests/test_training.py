@@ -167,6 +167,42 @@ def test_training_noise_depends_only_on_seed_epoch_and_example(tiny_corpus):
     assert len(data) == len(train)
 
 
+def test_length_grouped_batches_use_header_lengths(tiny_corpus, tmp_path):
+    """``--train_sampling_strategy group_by_length``: the sampler sorts by the lengths read
+    from the file headers, which equal the mixed examples' lengths (capped at the crop)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    train = load_speech_dataset(str(tiny_corpus))["train"]
+    bank = NoiseBank.from_dir(tiny_corpus / "noise")
+    whole = NoisyTrainingSet(train, NoisyMixer(bank, clean_prob=0.0), seed=0)
+    lengths = whole.lengths()
+    assert lengths == [len(whole[i]["input_values"]) for i in range(len(whole))]
+    assert len(set(lengths)) > 1
+    cropped = NoisyTrainingSet(train, NoisyMixer(bank, max_seconds=0.5), seed=0)
+    assert cropped.lengths() == [min(n, 8000) for n in lengths]
+
+    from conftest import make_model
+
+    args = training.MeritTrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        train_sampling_strategy="group_by_length",
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        use_cpu=True,
+        report_to="none",
+    )
+    trainer = training.MeritTrainer(model=make_model(), args=args, train_dataset=whole)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler)
+    assert list(sampler.lengths) == lengths
+    order = list(iter(sampler))
+    assert sorted(order) == list(range(len(whole)))
+    # each mega-batch is sorted longest first: the first batch holds long utterances
+    first = [lengths[i] for i in order[:4]]
+    assert first == sorted(first, reverse=True)
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
