@@ -523,6 +523,13 @@ class MeritTrainer(Trainer):
     """
 
     def __init__(self, *args: Any, model_card: Mapping[str, Any] | None = None, **kwargs: Any):
+        training_args = kwargs.get("args") or (args[1] if len(args) > 1 else None)
+        if training_args is not None and training_args.ddp_find_unused_parameters is None:
+            # Under DDP an expert that no frame was routed to in a step has no gradient (and so
+            # has the frozen backbone in stage 1): DDP must look for unused parameters.
+            # transformers turns that off with activation checkpointing, which then fails on
+            # the first idle expert; the non-reentrant checkpointing it uses allows it.
+            training_args.ddp_find_unused_parameters = True
         super().__init__(*args, **kwargs)
         # Decided before stage 1 freezes anything: what the backbone may train in stage 2.
         self.backbone_parameters = {

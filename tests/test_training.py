@@ -683,6 +683,7 @@ def test_paper_configs_parse_and_build_the_release_architecture():
     assert model_args.preset == "release" and model_args.backbone == "microsoft/wavlm-large"
     assert (args.learning_rate, args.gradient_accumulation_steps, args.seed) == (5e-5, 8, 7)
     assert args.backbone_learning_rate_factor == 0.5 and data_args.eval_snrs == [-5.0]
+    assert (data_args.validation_snrs, data_args.split_column) == ([5.0], "Split_Set")
     model_args, _, args = parse_args([str(root / "paper-small.yaml"), *TINY[:6]])
     assert model_args.preset == "release" and args.max_steps == 450
     model = build_model(model_args, LABELS)
