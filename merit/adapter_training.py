@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,9 +45,10 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
-from transformers import TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from merit.runs import (
+    EMOTION_RUN_DEFAULTS,
     TINY_BACKBONE,
     RunTrainingArguments,
     load_backbone,
@@ -502,16 +504,32 @@ def prepare_for_finetuning(model: MeritModel) -> MeritModel:
 
 
 def finetune(
-    model: MeritModel, training_args: TrainingArguments, train_dataset: Dataset
-) -> MeritModel:
+    model: MeritModel,
+    training_args: TrainingArguments,
+    train_dataset: Dataset,
+    eval_dataset: Dataset | None = None,
+) -> Trainer:
     """Stage 2: the model's own SER (+ SE) losses on noisy labelled examples (from
     ``load_noisy_training_data(..., labelled=True)``), with ``train.py``'s ``MeritTrainer``
-    (which logs the task losses)."""
-    from merit.training import MeritTrainer
+    (which logs the task losses) and, given ``eval_dataset``, its validation metrics, so
+    ``load_best_model_at_end`` keeps the best checkpoint as ``train.py`` does."""
+    from merit.training import MeritTrainer, make_compute_metrics
 
     prepare_for_finetuning(model)
-    train_module(model, training_args, train_dataset, trainer_class=MeritTrainer)
-    return model
+    config = model.config
+    compute_metrics = make_compute_metrics(
+        config.label_names or None,
+        config.has_enhancement_head,
+        config.predicted_dimensions or None,
+    )
+    return train_module(
+        model,
+        training_args,
+        train_dataset,
+        trainer_class=MeritTrainer,
+        eval_dataset=eval_dataset,
+        compute_metrics=compute_metrics if eval_dataset is not None else None,
+    )
 
 
 def save_model(model: MeritModel, out: Path, settings: dict[str, Any] | None = None) -> Path:
@@ -531,12 +549,19 @@ def train_adapter(
 ) -> Path:
     """Both stages; the final model goes to ``output_dir``. Stage 1 checkpoints in
     ``output_dir/pretrain`` and its result in ``output_dir/pretrained``; stage 2 checkpoints in
-    ``output_dir/finetune``. With ``--resume_from_checkpoint`` (any value but ``false``) a
-    finished stage 1 is reused and each stage resumes from its latest checkpoint."""
+    ``output_dir/finetune``, validated as ``train.py`` validates (the best checkpoint is the
+    one kept). The run ends like ``train.py``'s: the test table under every noise condition,
+    ``results.json``, ``evaluation/`` and a model card in ``output_dir``. With
+    ``--resume_from_checkpoint`` (any value but ``false``) a finished stage 1 is reused and
+    each stage resumes from its latest checkpoint."""
+    from merit.training import RunIdentity, finish_run, validation_dataset
+
+    started = time.perf_counter()
     out = Path(training_args.output_dir)
     resume = training_args.resume_from_checkpoint not in (None, "", "false", "False")
     stage_resume = "auto" if resume else None
-    train_dataset, names = load_noisy_training_data(data_args, labelled=True)
+    data = load_noisy_training_data(data_args, labelled=True)
+    train_dataset, names = data.train, data.label_names
     pretrained_dir = out / "pretrained"
     if resume and (pretrained_dir / "config.json").is_file():
         model = MeritModel.from_pretrained(pretrained_dir)
@@ -552,15 +577,40 @@ def train_adapter(
                 max_steps=args.pretrain_steps,
                 learning_rate=args.pretrain_learning_rate,
                 resume_from_checkpoint=stage_resume,
+                eval_strategy="no",  # label-free stage: nothing to validate on
+                load_best_model_at_end=False,
             )
             pretrain_adapter(model, args, stage, train_dataset)
         save_model(model, pretrained_dir)
     stage = replace(
         training_args, output_dir=str(out / "finetune"), resume_from_checkpoint=stage_resume
     )
-    finetune(model, stage, train_dataset)
+    label2id = {name: i for i, name in enumerate(names)}
+    eval_dataset = validation_dataset(data.prepared, data.seen, data_args, label2id, stage)
+    trainer = finetune(model, stage, train_dataset, eval_dataset)
+    finish_run(
+        trainer,
+        trainer.model,
+        RunIdentity(
+            "adapter",
+            "adapter" if args.task_list() == ["ser"] else "adapter-merit",
+            args.backbone,
+        ),
+        data.prepared,
+        data.seen,
+        data.unseen,
+        data_args,
+        train_loss=trainer.state.log_history[-1].get("train_loss", float("nan"))
+        if trainer.state.log_history
+        else float("nan"),
+        train_seconds=time.perf_counter() - started,
+        started=started,
+        feature_extractor=MeritFeatureExtractor(sampling_rate=model.config.sampling_rate),
+        output_dir=out,
+    )
     settings = {"method": "adapter", **asdict(args), **asdict(data_args)}
-    return save_model(model, out, settings)
+    (out / "training_settings.json").write_text(json.dumps(settings, indent=2, default=str))
+    return out
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -578,6 +628,7 @@ def main(argv: list[str] | None = None) -> Path:
         argv,
         output_dir="outputs/adapter",
         learning_rate=1e-3,
+        **EMOTION_RUN_DEFAULTS,
     )
     out = train_adapter(args, data_args, training_args)
     print(f"adapter model saved to {out}")

@@ -26,23 +26,30 @@ import copy
 import json
 import re
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 from torch import nn
 from transformers import (
     AutoFeatureExtractor,
     PreTrainedModel,
     SequenceFeatureExtractor,
+    Trainer,
     TrainingArguments,
     Wav2Vec2FeatureExtractor,
 )
 
+from merit.data import DataCollatorForMerit
+from merit.hub import render_student_card
 from merit.runs import (
+    EMOTION_RUN_DEFAULTS,
     TINY_BACKBONE,
     RunTrainingArguments,
     load_backbone,
@@ -175,17 +182,20 @@ def multi_level_loss(
     valid = frame_mask.bool()
     if not valid.any():
         raise ValueError("no valid frames: every frame is padding.")
-    l1_terms, cos_terms = [], []
+    l1_terms, cos_terms, similarities = [], [], []
     for prediction, target in zip(predictions, targets, strict=True):
         if prediction.shape != target.shape:
             raise ValueError(
                 f"prediction shape {tuple(prediction.shape)} != target {tuple(target.shape)}."
             )
         pred, tgt = prediction[valid].float(), target[valid].float()
+        similarity = F.cosine_similarity(pred, tgt, dim=-1)
         l1_terms.append((pred - tgt).abs().mean())
-        cos_terms.append(-F.logsigmoid(F.cosine_similarity(pred, tgt, dim=-1)).mean())
+        cos_terms.append(-F.logsigmoid(similarity).mean())
+        similarities.append(similarity.detach().mean())
     l1, cos = torch.stack(l1_terms), torch.stack(cos_terms)
-    return (l1 + cos_weight * cos).sum(), {"l1": l1, "cos": cos}
+    parts = {"l1": l1, "cos": cos, "similarity": torch.stack(similarities)}
+    return (l1 + cos_weight * cos).sum(), parts
 
 
 def _prediction_head(in_size: int, out_size: int, kind: str) -> nn.Module:
@@ -262,7 +272,12 @@ class MultiLevelDistiller(nn.Module):
         predictions = [head(last) for head in self.heads]
         targets = [teacher_states[layer] for layer in self.teacher_layers]
         loss, parts = multi_level_loss(predictions, targets, frame_mask, self.cos_weight)
-        return {"loss": loss, "l1": parts["l1"].detach(), "cos": parts["cos"].detach()}
+        return {
+            "loss": loss,
+            "l1": parts["l1"].detach(),
+            "cos": parts["cos"].detach(),
+            "similarity": parts["similarity"],
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,12 +309,90 @@ class DistillationArguments:
     )
 
 
+class DistillationTrainer(Trainer):
+    """``Trainer`` whose evaluation loss is the distillation loss: the distiller takes no
+    labels, so the stock ``prediction_step`` would compute no loss and validation (and the
+    best-checkpoint choice) would have nothing to go on."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = model(**inputs)["loss"].detach()
+        return loss, None, None
+
+
+@torch.no_grad()
+def fidelity_rows(
+    distiller: MultiLevelDistiller, eval_sets: Mapping[str, Dataset], batch_size: int = 8
+) -> list[dict[str, Any]]:
+    """How well the student, hearing each condition's noisy audio, reproduces the teacher's
+    target layers on the clean audio: per condition the distillation loss and, per target
+    layer, the L1 distance and the mean cosine similarity over valid frames (utterance mean)."""
+    distiller.eval()
+    collate = DataCollatorForMerit()
+    rows = []
+    for condition, dataset in eval_sets.items():
+        sums: dict[str, float] = {}
+        count = 0
+        keep = [c for c in ("input_values", "clean_values") if c in dataset.column_names]
+        plain = dataset.select_columns(keep).with_format("numpy")
+        for start in range(0, len(plain), batch_size):
+            batch = collate(list(plain.select(range(start, min(start + batch_size, len(plain))))))
+            for index in range(batch["input_values"].shape[0]):
+                one = {key: value[index : index + 1] for key, value in batch.items()}
+                length = int(one["attention_mask"].sum())
+                one = {key: value[:, :length] for key, value in one.items()}
+                out = distiller(**one)
+                values = {"loss": float(out["loss"])}
+                for layer, l1, similarity in zip(
+                    distiller.teacher_layers,
+                    out["l1"].tolist(),
+                    out["similarity"].tolist(),
+                    strict=True,
+                ):
+                    values[f"l1_layer{layer}"] = l1
+                    values[f"cos_layer{layer}"] = similarity
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                count += 1
+        rows.append(
+            {
+                "condition": condition,
+                "utterances": count,
+                **{key: value / max(count, 1) for key, value in sums.items()},
+            }
+        )
+    return rows
+
+
+def format_fidelity(rows: Sequence[Mapping[str, Any]], layers: Sequence[int]) -> str:
+    """Markdown: one row per condition, the loss and each target layer's cosine and L1."""
+    head = ["Condition", "Loss"] + [f"cos L{n}" for n in layers] + [f"L1 L{n}" for n in layers]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for row in rows:
+        cells = [row["condition"], f"{row['loss']:.3f}"]
+        cells += [f"{row[f'cos_layer{n}']:.3f}" for n in layers]
+        cells += [f"{row[f'l1_layer{n}']:.3f}" for n in layers]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def distill(
     args: DistillationArguments,
     data_args: DataArguments,
     training_args: TrainingArguments,
 ) -> Path:
-    """Distil a student and save it as a backbone checkpoint in ``output_dir/student``."""
+    """Distil a student and save it as a backbone checkpoint in ``output_dir/student``.
+
+    Ends as ``train.py`` does: validated on the frozen noisy validation set (distillation
+    loss; with ``load_best_model_at_end`` the best checkpoint is the student saved), a test
+    table of how faithfully the student reproduces the clean teacher under every noise
+    condition, ``results.json`` and a model card (``student/README.md``).
+    """
+    from merit.preparation import build_eval_sets
+    from merit.training import training_details, validation_dataset
+
+    started = time.perf_counter()
     teacher = load_backbone(
         args.teacher, model_type=args.teacher_model_type, seed=args.teacher_seed
     )
@@ -310,9 +403,18 @@ def distill(
     distiller = MultiLevelDistiller(
         teacher, student, args.teacher_layers, head=args.head, cos_weight=args.cos_weight
     )
-    train, _ = load_noisy_training_data(data_args, labelled=False)
-    train_module(distiller, training_args, train)
-    out = Path(training_args.output_dir) / "student"
+    data = load_noisy_training_data(data_args, labelled=False)
+    label2id = {name: i for i, name in enumerate(data.label_names)} or None
+    eval_dataset = validation_dataset(data.prepared, data.seen, data_args, label2id, training_args)
+    trainer = train_module(
+        distiller,
+        training_args,
+        data.train,
+        trainer_class=DistillationTrainer,
+        eval_dataset=eval_dataset,
+    )
+    output_dir = Path(training_args.output_dir)
+    out = output_dir / "student"
     student.save_pretrained(out)
     teacher_feature_extractor(args.teacher).save_pretrained(out)
     settings = {
@@ -322,6 +424,40 @@ def distill(
         "teacher_layers": distiller.teacher_layers,
     }
     (out / "distillation.json").write_text(json.dumps(settings, indent=2))
+    results: dict[str, Any] = {
+        "method": "mlkd",
+        "teacher": args.teacher,
+        "student_layers": args.student_layers,
+        "teacher_layers": distiller.teacher_layers,
+        "dataset": data.prepared.dataset_name,
+        "global_step": trainer.state.global_step,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_validation_metric": trainer.state.best_metric,
+        "metric_for_best_model": training_args.metric_for_best_model,
+    }
+    table = None
+    if training_args.do_predict and data.prepared.test is not None:
+        with tempfile.TemporaryDirectory(prefix="merit-mlkd-test-") as cache:
+            sets = build_eval_sets(
+                data.prepared.test,
+                data.seen,
+                data.unseen,
+                snrs=data_args.eval_snrs,
+                seed=data_args.eval_seed,
+                out_dir=cache,
+            )
+            rows = fidelity_rows(distiller, sets)
+        results["test_rows"] = rows
+        table = format_fidelity(rows, distiller.teacher_layers)
+        (output_dir / "evaluation").mkdir(parents=True, exist_ok=True)
+        (output_dir / "evaluation" / "table.md").write_text(table)
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    if trainer.is_world_process_zero():
+        (output_dir / "results.json").write_text(
+            json.dumps(results, indent=2, allow_nan=True) + "\n"
+        )
+        details = training_details(trainer, results, data_args, data.seen, data.unseen)
+        render_student_card(out, results, details, table)
     return out
 
 
@@ -338,6 +474,7 @@ def main(argv: list[str] | None = None) -> Path:
         (DistillationArguments, DataArguments, RunTrainingArguments),
         argv,
         output_dir="outputs/mlkd",
+        **{**EMOTION_RUN_DEFAULTS, "metric_for_best_model": "loss", "greater_is_better": False},
     )
     out = distill(args, data_args, training_args)
     print(f"distilled student saved to {out}")

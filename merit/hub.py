@@ -33,6 +33,7 @@ __all__ = [
     "main",
     "publish",
     "render_model_card",
+    "render_student_card",
     "set_card_model_id",
     "stage_space",
     "verify_standalone",
@@ -86,6 +87,11 @@ VARIANT_DESCRIPTIONS = {
     "naive-mtl": "Naive multi-task baseline: one shared representation, no experts or gates.",
     "ser-only": "Single-task baseline: emotion recognition only (no enhancement head).",
     "se-only": "Single-task baseline: speech enhancement only (no emotion head).",
+    "adapter": "Adapter with local attributes: a WAP-Transformer adapter on a frozen encoder, "
+    "pre-trained self-supervised (masked prediction, EMA-teacher self-distillation, k-means "
+    "local attributes), then fine-tuned for emotion with statistical attentive pooling.",
+    "adapter-merit": "Adapter with local attributes as MERIT's integration: the pre-trained "
+    "WAP-Transformer adapter feeds routed experts for emotion and enhancement.",
 }
 
 #: Metrics that go into the card's ``model-index``:
@@ -220,12 +226,15 @@ def render_model_card(
     id2label: Mapping[int | str, str] | None = None,
     model_id: str | None = None,
     template: str | os.PathLike | None = None,
+    training_details: Mapping[str, str] | None = None,
 ) -> str:
     """Fill the ``model_card.md`` template and write ``output_dir/README.md``.
 
     ``id2label`` and ``base_model`` default to what ``output_dir/config.json`` records, so the
     training script only passes what the folder cannot tell. ``model_id`` is the id the usage
-    snippet loads (the folder name until :func:`publish` swaps in the Hub id). Returns the card.
+    snippet loads (the folder name until :func:`publish` swaps in the Hub id).
+    ``training_details`` (name -> text: steps, batch, learning rate, kept checkpoint, noise,
+    framework versions) fills the "Training procedure" section. Returns the card.
     """
     output_dir = Path(output_dir)
     template_path = Path(template) if template is not None else DEFAULT_TEMPLATE
@@ -263,6 +272,10 @@ def render_model_card(
         "metrics_summary": _metrics_summary(metrics),
         "eval_table": (eval_table_markdown or "").strip()
         or "_No per-condition evaluation table was provided._",
+        "training_details": "\n".join(
+            f"- **{name}:** {text}" for name, text in (training_details or {}).items()
+        )
+        or "_Not recorded (the card was written outside a training run)._",
     }
 
     def substitute(match: re.Match[str]) -> str:
@@ -278,6 +291,72 @@ def render_model_card(
     text = _PLACEHOLDER.sub(substitute, text)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "README.md").write_text(text)
+    return text
+
+
+def render_student_card(
+    student_dir: str | os.PathLike,
+    results: Mapping[str, Any],
+    training_details: Mapping[str, str],
+    fidelity_table: str | None,
+) -> str:
+    """Write ``student_dir/README.md`` for an MLKD student (``train.py --method mlkd``): a
+    backbone checkpoint, not a MERIT model, so it gets its own short card: what it was
+    distilled from, how faithful it is under each noise condition, how it was trained, how to
+    build an emotion model on it."""
+    student_dir = Path(student_dir)
+    teacher = str(results.get("teacher") or "")
+    metadata = [
+        "library_name: transformers",
+        "tags:",
+        "- knowledge-distillation",
+        "- speech",
+        "- noise-robust",
+        "- merit",
+    ]
+    if _is_hub_id(teacher):
+        metadata.append(f"base_model: {teacher}")
+    layers = ", ".join(str(n) for n in results.get("teacher_layers") or [])
+    procedure = "\n".join(f"- **{name}:** {text}" for name, text in training_details.items())
+    text = f"""---
+{chr(10).join(metadata)}
+---
+
+# {student_dir.parent.name}/{student_dir.name}
+
+A {results.get("student_layers")}-layer student backbone distilled from `{teacher}` by
+multi-level knowledge distillation (MLKD): the frozen teacher hears clean speech, the student
+hears the same utterance with noise and learns to predict the teacher's layers {layers} from its
+last layer (one prediction head per layer; loss L1 - log sigmoid(cosine), as DistilHuBERT). It
+is an ordinary `{json.loads((student_dir / "config.json").read_text()).get("model_type")}`
+checkpoint: build an emotion model on it with the `merit` package,
+
+```bash
+python train.py --backbone {student_dir.as_posix()}
+```
+
+or load it with `AutoModel.from_pretrained` like its teacher. The teacher's licence applies to
+weights derived from it.
+
+## Fidelity under noise (test split)
+
+Per condition: the distillation loss and, per target layer, the mean cosine similarity (1 =
+the clean teacher reproduced) and the L1 distance between the student's prediction on the
+noisy audio and the teacher's layer on the clean audio.
+
+{(fidelity_table or "_No test evaluation was run._").strip()}
+
+## Training procedure
+
+{procedure}
+
+## Citation
+
+Multi-level knowledge distillation for speech emotion recognition in noisy conditions (the MLKD
+method); DistilHuBERT (Chang, Yang & Lee, ICASSP 2022, arXiv:2110.01900) for the layer-wise
+prediction heads and loss.
+"""
+    (student_dir / "README.md").write_text(text)
     return text
 
 

@@ -31,18 +31,20 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from merit.data import DataCollatorForMerit, NoisyMixer
+from merit.data import DataCollatorForMerit, NoiseBank, NoisyMixer
 from modeling_merit import MeritModel, minimal_backbone_config
 from modeling_merit.backbones_merit import backbone_family
 from modeling_merit.configuration_merit import SUPPORTED_BACKBONES
 
 if TYPE_CHECKING:
-    from merit.preparation import DataArguments
+    from merit.preparation import DataArguments, PreparedData
 
 __all__ = [
     "TINY_BACKBONE",
     "TRAINING_DEFAULTS",
     "load_backbone",
+    "EMOTION_RUN_DEFAULTS",
+    "NoisyTrainingData",
     "load_noisy_training_data",
     "merit_on_backbone",
     "parse_arguments",
@@ -106,18 +108,28 @@ def merit_on_backbone(
     return model
 
 
-def load_noisy_training_data(
-    data_args: DataArguments, *, labelled: bool
-) -> tuple[Dataset, list[str]]:
-    """The train split mixed on the fly with seen noise (``with_transform``) and the label
-    names, prepared exactly as ``python train.py`` prepares them (same flags, same checks).
+@dataclass
+class NoisyTrainingData:
+    """What :func:`load_noisy_training_data` prepares: the mixed train split, its label names,
+    and the prepared splits and noise banks that validation and the test table need."""
 
-    With ``labelled`` the examples carry label ids in the returned order; without, no labels
+    train: Dataset
+    label_names: list[str]
+    prepared: PreparedData
+    seen: NoiseBank
+    unseen: NoiseBank | None
+
+
+def load_noisy_training_data(data_args: DataArguments, *, labelled: bool) -> NoisyTrainingData:
+    """The train split mixed on the fly with seen noise (``with_transform``), prepared exactly
+    as ``python train.py`` prepares it (same flags, same checks).
+
+    With ``labelled`` the examples carry label ids in label-name order; without, no labels
     (distillation and adapter pre-training are label-free). Pad with ``DataCollatorForMerit``.
     """
     from merit.preparation import prepare_data
 
-    prepared, seen, _ = prepare_data(data_args)
+    prepared, seen, unseen = prepare_data(data_args)
     mixer = NoisyMixer(
         seen,
         {name: i for i, name in enumerate(prepared.label_names)} if labelled else None,
@@ -125,7 +137,9 @@ def load_noisy_training_data(
         clean_prob=data_args.clean_prob,
         max_seconds=data_args.max_train_seconds,
     )
-    return prepared.train.with_transform(mixer), prepared.label_names
+    return NoisyTrainingData(
+        prepared.train.with_transform(mixer), prepared.label_names, prepared, seen, unseen
+    )
 
 
 @dataclass
@@ -182,20 +196,28 @@ def train_module(
     *,
     callbacks: Sequence[TrainerCallback] = (),
     trainer_class: type[Trainer] = Trainer,
+    eval_dataset: Dataset | None = None,
+    compute_metrics: Any = None,
 ) -> Trainer:
     """Train ``module`` (its ``forward`` returns the loss) with the HF ``Trainer`` on noisy
     examples from :func:`load_noisy_training_data`: tqdm progress, logging, checkpoints in
     ``training_args.output_dir`` and resume from ``training_args.resume_from_checkpoint``
     (see :func:`resolve_checkpoint`). MERIT models need ``trainer_class=MeritTrainer``: their
-    ``forward(**kwargs)`` would otherwise be trusted to scale the loss for accumulation."""
+    ``forward(**kwargs)`` would otherwise be trusted to scale the loss for accumulation.
+    ``eval_dataset`` and ``compute_metrics`` validate (and, with ``load_best_model_at_end``,
+    select the checkpoint) as ``train.py`` does."""
     if training_args.remove_unused_columns:
         training_args.remove_unused_columns = False  # the mixer needs the raw audio column
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False  # pinning needs an accelerator
     trainer = trainer_class(
         model=module,
         args=training_args,
         train_dataset=train_dataset,
         data_collator=DataCollatorForMerit(),
         callbacks=list(callbacks),
+        eval_dataset=eval_dataset,
+        compute_metrics=compute_metrics,
     )
     resume = resolve_checkpoint(
         training_args.resume_from_checkpoint,
@@ -217,6 +239,19 @@ TRAINING_DEFAULTS: dict[str, Any] = dict(
     report_to="none",
     remove_unused_columns=False,
     dataloader_num_workers=0,
+)
+
+
+#: For the methods that end in an emotion model (``--method adapter``), as ``train.py``:
+#: validate every ``eval_steps`` (keep it a divisor of ``save_steps``), keep the best
+#: checkpoint by validation F1-macro, and write the test table.
+EMOTION_RUN_DEFAULTS: dict[str, Any] = dict(
+    eval_strategy="steps",
+    eval_steps=250,
+    load_best_model_at_end=True,
+    metric_for_best_model="f1_macro",
+    greater_is_better=True,
+    do_predict=True,
 )
 
 

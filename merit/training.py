@@ -88,13 +88,18 @@ __all__ = [
     "MeritTrainingArguments",
     "ModelArguments",
     "NoisyTrainingSet",
+    "RunIdentity",
     "VARIANTS",
     "build_model",
     "default_tiny_backbone",
+    "finish_run",
     "main",
     "make_compute_metrics",
     "parse_args",
+    "training_details",
+    "validation_dataset",
     "variant_config_kwargs",
+    "variant_name",
 ]
 
 logger = logging.getLogger("merit.training")
@@ -915,20 +920,7 @@ def main(
         max_seconds=data_args.max_train_seconds,
     )
     train_dataset = NoisyTrainingSet(prepared.train, mixer, seed=training_args.seed)
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        if prepared.validation is None:
-            raise ValueError(
-                f"{prepared.dataset_name} has no validation split to evaluate on: provide one, "
-                "or pass --eval_strategy no --load_best_model_at_end False"
-            )
-        eval_dataset = build_validation_set(
-            prepared.validation,
-            validation_noise(prepared, seen),
-            data_args.validation_snrs or data_args.eval_snrs,
-            seed=data_args.eval_seed,
-            label2id=label2id,
-        )
+    eval_dataset = validation_dataset(prepared, seen, data_args, label2id, training_args)
 
     timer = _StepTimer()
     feature_extractor = MeritFeatureExtractor(sampling_rate=base.config.sampling_rate)
@@ -955,17 +947,92 @@ def main(
     if model_args.peft == "lora":
         final = trainer.model.merge_and_unload()
         trainer.model = final
-    output_dir = Path(training_args.output_dir)
+    results = finish_run(
+        trainer,
+        final,
+        RunIdentity("sparse-merit", model_args.variant, model_args.backbone),
+        prepared,
+        seen,
+        unseen,
+        data_args,
+        train_loss=train_result.training_loss,
+        train_seconds=getattr(timer, "seconds", math.nan),
+        started=started,
+        feature_extractor=feature_extractor,
+    )
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="Sparse MERIT training run")
+    return results
+
+
+def validation_dataset(
+    prepared: PreparedData,
+    seen: NoiseBank,
+    data_args: DataArguments,
+    label2id: Mapping[str, int] | None,
+    training_args: TrainingArguments,
+) -> Dataset | None:
+    """The frozen noisy validation set (dev noise when the noise folder has some, at
+    ``--validation_snrs``), or ``None`` when the run does not evaluate."""
+    if training_args.eval_strategy == "no":
+        return None
+    if prepared.validation is None:
+        raise ValueError(
+            f"{prepared.dataset_name} has no validation split to evaluate on: provide one, "
+            "or pass --eval_strategy no --load_best_model_at_end False"
+        )
+    return build_validation_set(
+        prepared.validation,
+        validation_noise(prepared, seen),
+        data_args.validation_snrs or data_args.eval_snrs,
+        seed=data_args.eval_seed,
+        label2id=label2id,
+    )
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What ``results.json`` and the card say was trained: the method (``sparse-merit``,
+    ``adapter``), the system (a :data:`VARIANTS` name) and the backbone as given."""
+
+    method: str
+    variant: str
+    backbone: str
+
+
+def finish_run(
+    trainer: Trainer,
+    final: MeritModel,
+    identity: RunIdentity,
+    prepared: PreparedData,
+    seen: NoiseBank,
+    unseen: NoiseBank | None,
+    data_args: DataArguments,
+    *,
+    train_loss: float,
+    train_seconds: float,
+    started: float,
+    feature_extractor: MeritFeatureExtractor,
+    output_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """How every run that ends in a MERIT model ends (``train.py`` and ``--method adapter``):
+    the kept model (the best checkpoint when ``load_best_model_at_end``) saved with its
+    feature extractor, the test table under every noise condition, ``results.json``,
+    ``evaluation/`` and the model card, then a summary; returns what ``results.json`` holds.
+    ``output_dir`` defaults to the trainer's (the adapter's stage 2 checkpoints elsewhere)."""
+    training_args = trainer.args
+    output_dir = Path(output_dir or training_args.output_dir)
     results: dict[str, Any] = {
-        "variant": model_args.variant,
-        "backbone": model_args.backbone,
+        "method": identity.method,
+        "variant": identity.variant,
+        "backbone": identity.backbone,
         "dataset": prepared.dataset_name,
         "global_step": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_validation_metric": trainer.state.best_metric,
         "metric_for_best_model": training_args.metric_for_best_model,
-        "train_loss": train_result.training_loss,
-        "train_seconds": round(getattr(timer, "seconds", math.nan), 1),
+        "train_loss": train_loss,
+        "train_seconds": round(train_seconds, 1),
         "skipped_files": prepared.skipped,
     }
     eval_table = None
@@ -975,7 +1042,7 @@ def main(
     if training_args.do_predict and prepared.test is not None and trainer.is_world_process_zero():
         evaluation = _evaluate_test(final, prepared, seen, unseen, data_args, training_args)
         rows = evaluation.rows
-        results["test"] = _headline(rows, model_args.variant)
+        results["test"] = _headline(rows, variant_name(final))
         results["test_rows"] = rows
         eval_table = format_markdown(evaluation)
         write_report(evaluation, output_dir / "evaluation")
@@ -984,12 +1051,65 @@ def main(
         (output_dir / "results.json").write_text(
             json.dumps(results, indent=2, allow_nan=True) + "\n", encoding="utf-8"
         )
-        _write_card(output_dir, model_args, prepared, results, eval_table)
+        details = training_details(trainer, results, data_args, seen, unseen)
+        _write_card(output_dir, identity, prepared, results, eval_table, details)
         _print_summary(results, output_dir)
     trainer.accelerator.wait_for_everyone()
-    if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="Sparse MERIT training run")
     return results
+
+
+def training_details(
+    trainer: Trainer,
+    results: Mapping[str, Any],
+    data_args: DataArguments,
+    seen: NoiseBank,
+    unseen: NoiseBank | None,
+) -> dict[str, str]:
+    """The card's "Training procedure": what a reader needs to reproduce or judge the run."""
+    import accelerate
+    import datasets as datasets_lib
+
+    args = trainer.args
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    batch *= max(1, args.world_size)
+    kept = results.get("best_checkpoint")
+    if kept:
+        metric = results.get("metric_for_best_model")
+        value = results.get("best_validation_metric")
+        kept_text = f"the best validation checkpoint, `{Path(kept).name}` ({metric} = {value:.4f})"
+    else:
+        kept_text = f"the final weights (step {results['global_step']}, no selection)"
+    schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    frozen = getattr(args, "backbone_frozen_steps", 0) or 0
+    factor = getattr(args, "backbone_learning_rate_factor", 1.0)
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    crop = data_args.max_train_seconds
+    details = {
+        "Method": results.get("method", "sparse-merit"),
+        "Optimizer steps": f"{results['global_step']} (seed {args.seed})",
+        "Effective batch": f"{batch} utterances ({args.per_device_train_batch_size} per device "
+        f"x {args.gradient_accumulation_steps} accumulation x {max(1, args.world_size)} "
+        "process(es))",
+        "Learning rate": f"{args.learning_rate:g}, {schedule} schedule, warm-up "
+        f"{args.warmup_steps:g}, weight decay {args.weight_decay:g}",
+        "Stages": f"backbone frozen for {frozen} steps, then trained at {factor:g} x the "
+        "learning rate"
+        if frozen
+        else f"one stage, backbone at {factor:g} x the learning rate",
+        "Kept model": kept_text,
+        "Precision": precision,
+        "Training audio": "whole utterances" if crop is None else f"random {crop:g} s crops",
+        "Training noise": f"{', '.join(seen.noise_types)} at SNR uniform in "
+        f"[{data_args.snr_range[0]:g}, {data_args.snr_range[1]:g}] dB, "
+        f"{100 * data_args.clean_prob:g} % clean examples",
+        "Test noise": "seen: the training types; unseen: "
+        + (", ".join(unseen.noise_types) if unseen is not None else "none (no unseen noise)")
+        + f"; at {', '.join(f'{v:g}' for v in data_args.eval_snrs)} dB",
+        "Framework versions": f"transformers {transformers.__version__}, torch "
+        f"{torch.__version__}, datasets {datasets_lib.__version__}, accelerate "
+        f"{accelerate.__version__}",
+    }
+    return details
 
 
 def _evaluate_test(
@@ -1011,7 +1131,7 @@ def _evaluate_test(
             seed=data_args.eval_seed,
             out_dir=cache,
         )
-        systems = {_variant_name(model): ModelSystem(model), UNPROCESSED: UnprocessedInput()}
+        systems = {variant_name(model): ModelSystem(model), UNPROCESSED: UnprocessedInput()}
         return evaluate_systems(
             systems,
             sets,
@@ -1020,7 +1140,7 @@ def _evaluate_test(
         )
 
 
-def _variant_name(model: MeritModel) -> str:
+def variant_name(model: MeritModel) -> str:
     config = model.config
     for name, settings in VARIANTS.items():
         if settings["routing"] == config.routing and settings["tasks"] == list(config.tasks):
@@ -1030,10 +1150,11 @@ def _variant_name(model: MeritModel) -> str:
 
 def _write_card(
     output_dir: Path,
-    model_args: ModelArguments,
+    identity: RunIdentity,
     prepared: PreparedData,
     results: Mapping[str, Any],
     eval_table: str | None,
+    details: Mapping[str, str],
 ) -> None:
     from merit.hub import render_model_card
 
@@ -1047,8 +1168,9 @@ def _write_card(
         metrics=metrics,
         eval_table_markdown=eval_table,
         dataset_name=prepared.dataset_name,
-        base_model=None if model_args.backbone == "tiny" else model_args.backbone,
-        variant=model_args.variant,
+        base_model=None if identity.backbone == TINY_BACKBONE else identity.backbone,
+        variant=identity.variant,
+        training_details=details,
     )
 
 

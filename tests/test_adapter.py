@@ -1,6 +1,7 @@
 """Adapter with local attributes: EMA, masking, k-means targets, losses, saving, the CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -325,6 +326,10 @@ def test_main_pretrains_finetunes_and_resumes(micro_corpus, tmp_path):
         "1",
         "--save_steps",
         "1",
+        "--eval_steps",
+        "1",
+        "--eval_snrs",
+        "0",
         "--per_device_train_batch_size",
         "2",
         "--max_train_seconds",
@@ -336,6 +341,18 @@ def test_main_pretrains_finetunes_and_resumes(micro_corpus, tmp_path):
     ]
     assert main(argv) == out
     assert (out / "pretrain" / "checkpoint-1" / "model.safetensors").is_file()
+    # It ends as train.py does: the best validation checkpoint kept, the test table,
+    # results.json and a model card that says which method trained it.
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "adapter" and results["variant"] == "adapter-merit"
+    assert Path(results["best_checkpoint"]).parent == out / "finetune"
+    assert results["metric_for_best_model"] == "f1_macro"
+    assert {row["condition"] for row in results["test_rows"]} == {"clean", "seen_0dB", "unseen_0dB"}
+    assert "clean_f1_macro" in results["test"]
+    assert (out / "evaluation" / "table.md").is_file()
+    card = (out / "README.md").read_text()
+    assert "WAP-Transformer adapter feeds routed experts" in card
+    assert "- **Method:** adapter" in card and "checkpoint-1" in card
     assert (out / "finetune" / "checkpoint-1").is_dir()
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert model.config.tasks == ["ser", "se"] and model.config.adapter_layers == 1

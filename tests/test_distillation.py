@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import safetensors.torch
 import torch
 from conftest import MICRO_CORPUS, make_batch
 from transformers import AutoFeatureExtractor, AutoModel
@@ -152,7 +153,11 @@ def test_main_saves_a_student_that_builds_merit_models(micro_corpus, tmp_path):
             "--max_steps",
             "2",
             "--save_steps",
-            "2",
+            "1",
+            "--eval_steps",
+            "1",
+            "--eval_snrs",
+            "0",
             "--per_device_train_batch_size",
             "2",
             "--max_train_seconds",
@@ -165,6 +170,31 @@ def test_main_saves_a_student_that_builds_merit_models(micro_corpus, tmp_path):
     )
     assert out == tmp_path / "mlkd" / "student"
     assert (tmp_path / "mlkd" / "checkpoint-2" / "model.safetensors").is_file()
+    # Ends as train.py does: validated (distillation loss), best checkpoint kept, a test table
+    # per noise condition, results.json, a card.
+    results = json.loads((tmp_path / "mlkd" / "results.json").read_text())
+    assert results["method"] == "mlkd" and results["metric_for_best_model"] == "loss"
+    states = json.loads((tmp_path / "mlkd" / "checkpoint-2" / "trainer_state.json").read_text())
+    losses = {e["step"]: e["eval_loss"] for e in states["log_history"] if "eval_loss" in e}
+    best_step = min(losses, key=losses.get)
+    assert results["best_checkpoint"].endswith(f"checkpoint-{best_step}")
+    assert results["best_validation_metric"] == pytest.approx(losses[best_step])
+    kept = safetensors.torch.load_file(
+        tmp_path / "mlkd" / f"checkpoint-{best_step}" / "model.safetensors"
+    )
+    saved = AutoModel.from_pretrained(out).state_dict()
+    assert all(
+        torch.equal(kept[f"student.{k}"], v) for k, v in saved.items() if f"student.{k}" in kept
+    )
+    rows = {row["condition"]: row for row in results["test_rows"]}
+    assert set(rows) == {"clean", "seen_0dB", "unseen_0dB"}
+    for row in rows.values():
+        assert -1.0 <= row["cos_layer3"] <= 1.0 and row["l1_layer4"] > 0 and row["utterances"] > 0
+        # loss = the L1 terms plus the (positive) -log sigmoid(cosine) terms
+        assert row["loss"] > row["l1_layer3"] + row["l1_layer4"]
+    card = (out / "README.md").read_text()
+    assert "| seen_0dB |" in card and "- **Optimizer steps:** 2" in card
+    assert (tmp_path / "mlkd" / "evaluation" / "table.md").is_file()
     assert json.loads((out / "distillation.json").read_text())["teacher_layers"] == [3, 4]
     student = AutoModel.from_pretrained(out)
     assert student.config.num_hidden_layers == 2

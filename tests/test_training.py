@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, TrainerCallback
 
@@ -248,11 +249,21 @@ def test_two_step_run_saves_a_complete_loadable_folder(tiny_corpus, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForAudioClassification"}
     assert config["routing"] == "sparse" and config["tasks"] == ["ser", "se"]
-    assert "Sparse MERIT" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "Sparse MERIT" in card
 
     # The best checkpoint (by validation F1) is what ends up in the output folder.
     assert results["global_step"] == 2 and results["metric_for_best_model"] == "f1_macro"
     best = Path(results["best_checkpoint"])
+    # The card says how it was trained: steps, batch, rate, kept checkpoint, noise, versions.
+    procedure = card.split("## Training procedure")[1].split("\n## ")[0]
+    assert "- **Optimizer steps:** 2 (seed 42)" in procedure
+    assert "- **Effective batch:** 2 utterances (2 per device x 1 accumulation" in procedure
+    assert f"`{best.name}` (f1_macro = {results['best_validation_metric']:.4f})" in procedure
+    assert "random 1 s crops" in procedure
+    seen_types = "white, pink, babble, hum"
+    assert all(t in procedure for t in seen_types.split(", "))
+    assert f"transformers {transformers.__version__}" in procedure
     assert best.parent == out and best.name in {"checkpoint-1", "checkpoint-2"}
     saved, from_best = _weights(out), _weights(best)
     assert saved.keys() == from_best.keys()
