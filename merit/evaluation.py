@@ -36,7 +36,8 @@ from merit.data import (
     name_list,
     optional_column,
 )
-from merit.metrics import ccc_metrics, confusion_matrix_figure, se_metrics, ser_metrics
+from merit.evaluate_metrics import dimension_scores, emotion_scores
+from merit.metrics import confusion_matrix_figure, se_metrics
 from merit.preparation import build_test_sets
 
 __all__ = [
@@ -422,11 +423,11 @@ def _evaluate_condition(
     row: dict[str, Any] = {"num_utterances": len(dataset)}
     decisions = None
     if refs is not None and system.label_names is not None:
-        row.update(ser_metrics(predictions, refs, len(system.label_names)))
+        row.update(emotion_scores(predictions, refs, len(system.label_names)))
         decisions = (predictions.tolist(), refs.tolist())
     if dimensions is not None and dimension_refs is not None:
         names = system.dimension_names  # type: ignore[attr-defined]
-        row.update(ccc_metrics(dimensions, dimension_refs, names))
+        row.update(dimension_scores(dimensions, dimension_refs, names))
     for key, values in scores.items():
         row[key] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
     return row, decisions, {key: values.tolist() for key, values in scores.items()}

@@ -32,6 +32,7 @@ __all__ = [
     "PublishError",
     "main",
     "publish",
+    "publish_metric",
     "render_model_card",
     "render_student_card",
     "set_card_model_id",
@@ -643,6 +644,49 @@ def publish(
     return urls
 
 
+_METRIC_APP = """import evaluate
+from evaluate.utils import launch_gradio_widget
+
+module = evaluate.load("{repo_id}")
+launch_gradio_widget(module)
+"""
+
+
+def publish_metric(
+    name: str,
+    repo_id: str,
+    *,
+    private: bool = False,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Upload one of :data:`merit.evaluate_metrics.METRIC_MODULES` as a Hub metric (a Gradio
+    Space with the module script, its card, ``app.py`` and ``requirements.txt``), so others can
+    ``evaluate.load("user/name")`` it. Returns the Space URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from merit.evaluate_metrics import module_path
+
+    folder = Path(module_path(name))
+    script = repo_id.split("/")[-1].replace("-", "_")
+    operations = [
+        # evaluate finds a Hub module by the script named after the repo
+        CommitOperationAdd(f"{script}.py", str(folder / f"{name}.py")),
+        CommitOperationAdd("README.md", str(folder / "README.md")),
+        CommitOperationAdd("app.py", _METRIC_APP.format(repo_id=repo_id).encode()),
+        # The module runs merit.metrics: the Space (and every user) needs the package.
+        CommitOperationAdd("requirements.txt", b"evaluate\nmerit-ser\n"),
+    ]
+    api = HfApi(endpoint=endpoint, token=token)
+    url = api.create_repo(
+        repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True
+    )
+    api.create_commit(
+        repo_id, operations=operations, commit_message=f"Upload {name}", repo_type="space"
+    )
+    return str(url)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m merit.hub publish --model-dir DIR --repo-id USER/NAME [--space-id ...]``."""
     parser = argparse.ArgumentParser(
@@ -660,7 +704,16 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument(
         "--yes", action="store_true", help="upload without asking (the file list is still shown)"
     )
+    met = commands.add_parser("publish-metric", help="upload an evaluate metric module")
+    met.add_argument("name", help="segmental_snr, si_sdr, pesq, stoi, emotion_recognition, ccc")
+    met.add_argument("--repo-id", required=True, help="Space id, e.g. user/segmental_snr")
+    met.add_argument("--private", action="store_true")
+    met.add_argument("--endpoint", default=None)
+    met.add_argument("--token", default=None)
+    met.add_argument("--yes", action="store_true", help="upload without asking")
     args = parser.parse_args(argv)
+    if args.command == "publish-metric":
+        return _publish_metric_command(args)
     model_dir = Path(args.model_dir)
     try:
         _check_model_files(model_dir)  # a folder that cannot be published fails before asking
@@ -700,6 +753,30 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for kind, url in urls.items():
         print(f"{kind}: {url}")
+    return 0
+
+
+def _publish_metric_command(args: argparse.Namespace) -> int:
+    from merit.evaluate_metrics import METRIC_MODULES
+
+    if args.name not in METRIC_MODULES:
+        print(
+            f"error: unknown metric {args.name!r}; one of {sorted(METRIC_MODULES)}", file=sys.stderr
+        )
+        return 1
+    visibility = "private" if args.private else "PUBLIC"
+    print(f"To upload the {args.name} metric module to the {visibility} Space {args.repo_id}.")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("error: nothing uploaded; pass --yes to confirm", file=sys.stderr)
+            return 2
+        if input("Upload it? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing uploaded")
+            return 1
+    url = publish_metric(
+        args.name, args.repo_id, private=args.private, endpoint=args.endpoint, token=args.token
+    )
+    print(f"metric: {url}")
     return 0
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -388,9 +388,16 @@ def ccc(predictions: Any, references: Any) -> float:
     return float(2.0 * covariance / denominator)
 
 
-def ccc_metrics(predictions: Any, references: Any, names: Sequence[str]) -> dict[str, float]:
+def ccc_metrics(
+    predictions: Any,
+    references: Any,
+    names: Sequence[str],
+    score: Callable[[np.ndarray, np.ndarray], float] | None = None,
+) -> dict[str, float]:
     """``ccc`` (mean over dimensions) and ``ccc_<name>`` per dimension of ``(N, D)`` arrays,
-    the keys training logs and evaluation tables use."""
+    the keys training logs and evaluation tables use. ``score`` computes one dimension's CCC
+    (default :func:`ccc`; training passes the ``evaluate`` module's, which calls it)."""
+    score = score or ccc
     predicted = np.asarray(predictions, dtype=np.float64)
     rated = np.asarray(references, dtype=np.float64)
     if predicted.shape != rated.shape or predicted.ndim != 2 or predicted.shape[1] != len(names):
@@ -399,7 +406,7 @@ def ccc_metrics(predictions: Any, references: Any, names: Sequence[str]) -> dict
             f"(N, {len(names)}) for dimensions {list(names)}"
         )
     per_dimension = {
-        f"ccc_{name}": ccc(predicted[:, i], rated[:, i]) for i, name in enumerate(names)
+        f"ccc_{name}": score(predicted[:, i], rated[:, i]) for i, name in enumerate(names)
     }
     return {"ccc": float(np.mean(list(per_dimension.values()))), **per_dimension}
 

@@ -60,6 +60,7 @@ from merit.data import (
     NoisyMixer,
     build_eval_sets,
 )
+from merit.evaluate_metrics import dimension_scores, emotion_scores
 from merit.evaluation import (
     UNPROCESSED,
     ModelSystem,
@@ -69,7 +70,6 @@ from merit.evaluation import (
     utterance_se_scores,
     write_report,
 )
-from merit.metrics import ccc_metrics, ser_metrics
 from merit.preparation import (
     DataArguments,
     PreparedData,
@@ -696,12 +696,12 @@ def make_compute_metrics(
         metrics: dict[str, float] = {}
         if num_labels:
             labels = np.asarray(prediction.label_ids).reshape(-1)
-            metrics.update(ser_metrics(rows[:, :num_labels].argmax(-1), labels, num_labels))
+            metrics.update(emotion_scores(rows[:, :num_labels].argmax(-1), labels, num_labels))
         offset = num_labels
         if dims:
             predicted = rows[:, offset : offset + len(dims)]
             rated = rows[:, offset + len(dims) : offset + 2 * len(dims)]
-            metrics.update(ccc_metrics(predicted, rated, dims))
+            metrics.update(dimension_scores(predicted, rated, dims))
             offset += 2 * len(dims)
         if enhances:
             for index, key in enumerate(_SE_COLUMNS):

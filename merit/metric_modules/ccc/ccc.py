@@ -1,0 +1,3 @@
+"""CCC: an ``evaluate`` module over ``merit.metrics`` (README.md)."""
+
+from merit.evaluate_metrics import CCC  # noqa: F401  (the module's metric)

@@ -1,0 +1,3 @@
+"""Emotion recognition: an ``evaluate`` module over ``merit.metrics`` (README.md)."""
+
+from merit.evaluate_metrics import EmotionRecognition  # noqa: F401  (the module's metric)
