@@ -304,6 +304,14 @@ class MeritTrainingArguments(RunTrainingArguments):
         self.output_dir_given = self.output_dir is not None
         if self.output_dir is None:
             self.output_dir = DEFAULT_OUTPUT_DIR
+        if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+            if self.fp16:
+                raise ValueError(
+                    "--fp16 needs a GPU (float16 autocast with a gradient scaler); on this "
+                    "machine use --bf16 True, which autocasts on the CPU too"
+                )
+            if self.bf16:
+                self.use_cpu = True  # transformers refuses CPU bf16 unless told it is the CPU
         super().__post_init__()
         if self.backbone_frozen_steps < 0:
             raise ValueError(
