@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +228,7 @@ def render_model_card(
     model_id: str | None = None,
     template: str | os.PathLike | None = None,
     training_details: Mapping[str, str] | None = None,
+    computed_metrics: Sequence[str] | None = None,
 ) -> str:
     """Fill the ``model_card.md`` template and write ``output_dir/README.md``.
 
@@ -235,7 +236,9 @@ def render_model_card(
     training script only passes what the folder cannot tell. ``model_id`` is the id the usage
     snippet loads (the folder name until :func:`publish` swaps in the Hub id).
     ``training_details`` (name -> text: steps, batch, learning rate, kept checkpoint, noise,
-    framework versions) fills the "Training procedure" section. Returns the card.
+    framework versions) fills the "Training procedure" section; ``computed_metrics`` (keys of
+    the evaluation rows) is what the card says the table holds, so it claims nothing else.
+    Returns the card.
     """
     output_dir = Path(output_dir)
     template_path = Path(template) if template is not None else DEFAULT_TEMPLATE
@@ -273,6 +276,7 @@ def render_model_card(
         "metrics_summary": _metrics_summary(metrics),
         "eval_table": (eval_table_markdown or "").strip()
         or "_No per-condition evaluation table was provided._",
+        "metrics_note": _metrics_note(computed_metrics),
         "training_details": "\n".join(
             f"- **{name}:** {text}" for name, text in (training_details or {}).items()
         )
@@ -359,6 +363,34 @@ prediction heads and loss.
 """
     (student_dir / "README.md").write_text(text)
     return text
+
+
+#: How the card names the metrics of an evaluation table (keys as the rows have them).
+_METRIC_WORDS = {
+    "f1_macro": "F1-macro",
+    "uar": "UAR (macro recall)",
+    "accuracy": "accuracy",
+    "ccc": "CCC of the rated dimensions",
+    "ssnr": "segmental SNR of the enhanced speech (dB, Loizou's definition)",
+    "si_sdr": "SI-SDR (dB)",
+    "pesq": "PESQ (wide-band)",
+    "stoi": "STOI",
+}
+
+
+def _metrics_note(computed: Sequence[str] | None) -> str:
+    """One sentence naming the metrics the table holds, and the enhancement ones it does not."""
+    if computed is None:
+        return "Metrics: see the table."
+    present = [words for key, words in _METRIC_WORDS.items() if key in computed]
+    note = "Computed for this card: " + (", ".join(present) or "none") + "."
+    absent = [_METRIC_WORDS[k] for k in ("pesq", "stoi") if k not in computed]
+    if absent and any(k in computed for k in ("ssnr", "si_sdr")):
+        note += (
+            f" Not computed: {' and '.join(absent)} (slow; `python evaluate_models.py --pesq "
+            "--stoi` adds them)."
+        )
+    return note
 
 
 def _backbone_notice(base_model: str | None) -> str:

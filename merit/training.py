@@ -1060,7 +1060,8 @@ def finish_run(
             json.dumps(results, indent=2, allow_nan=True) + "\n", encoding="utf-8"
         )
         details = training_details(trainer, results, data_args, seen, unseen)
-        _write_card(output_dir, identity, prepared, results, eval_table, details)
+        computed = sorted({key for row in results.get("test_rows") or [] for key in row})
+        _write_card(output_dir, identity, prepared, results, eval_table, details, computed)
         _print_summary(results, output_dir)
     trainer.accelerator.wait_for_everyone()
     return results
@@ -1163,6 +1164,7 @@ def _write_card(
     results: Mapping[str, Any],
     eval_table: str | None,
     details: Mapping[str, str],
+    computed: Sequence[str],
 ) -> None:
     from merit.hub import render_model_card
 
@@ -1179,6 +1181,7 @@ def _write_card(
         base_model=None if identity.backbone == TINY_BACKBONE else identity.backbone,
         variant=identity.variant,
         training_details=details,
+        computed_metrics=computed if eval_table else None,
     )
 
 

@@ -264,6 +264,9 @@ def test_two_step_run_saves_a_complete_loadable_folder(tiny_corpus, tmp_path):
     seen_types = "white, pink, babble, hum"
     assert all(t in procedure for t in seen_types.split(", "))
     assert f"transformers {transformers.__version__}" in procedure
+    # and claims only the metrics its table holds
+    assert "Computed for this card: F1-macro, UAR (macro recall), accuracy, segmental SNR" in card
+    assert "Not computed: PESQ (wide-band) and STOI" in card
     assert best.parent == out and best.name in {"checkpoint-1", "checkpoint-2"}
     saved, from_best = _weights(out), _weights(best)
     assert saved.keys() == from_best.keys()
