@@ -261,13 +261,20 @@ def _keep_labels(split: Dataset, names: Sequence[str], split_name: str, display:
     return split.select(kept)
 
 
-def check_integrity(splits: Mapping[str, Dataset], display: str, *, labelled: bool) -> None:
+def check_integrity(
+    splits: Mapping[str, Dataset],
+    display: str,
+    *,
+    labelled: bool,
+    kept_labels: Sequence[str] | None = None,
+) -> None:
     """Refuse data that would train the wrong model without an error, warn on the doubtful.
 
     Errors: label spellings that differ only in case or spacing ("Angry" / "angry" would
     become two classes), a training split with a single class, a recording in two splits (a
     leak that inflates every test figure). Warnings (logged): a recording listed twice in one
-    split, and labels so rare in training that they look like typos.
+    split, and labels so rare in training that they look like typos (among ``kept_labels``
+    when ``--labels`` names the classes: the others are dropped and counted anyway).
     """
     if labelled:
         spellings: dict[str, set[str]] = {}
@@ -291,6 +298,7 @@ def check_integrity(splits: Mapping[str, Dataset], display: str, *, labelled: bo
             f"{label!r} ({count})"
             for label, count in counts.items()
             if count < max(2, 0.01 * sum(counts.values()))
+            and (kept_labels is None or label in kept_labels)
         ]
         if rare:
             logger.warning(
@@ -505,7 +513,12 @@ def prepare_data(
             f"{display}: split value(s) {listed} are not train / validation / test and would be "
             "ignored; map them with --split_map, e.g. --split_map 'Test2=drop'"
         )
-    check_integrity(splits, display, labelled=label_column is not None)
+    check_integrity(
+        splits,
+        display,
+        labelled=label_column is not None,
+        kept_labels=name_list(data_args.labels, "--labels"),
+    )
     names: list[str] = []
     if label_column is not None:
         names = label_order(data_args, list(splits["train"]["label"]))

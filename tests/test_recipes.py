@@ -110,6 +110,8 @@ def test_msp_podcast_recipe_reads_the_official_splits(msp_podcast, caplog):
     assert set(prepared.train["speaker"]) == {"10", "11", "12", "13"}
     dropped = " ".join(r.getMessage() for r in caplog.records if "dropped" in r.getMessage())
     assert "'X' (2)" in dropped and "'U' (1)" in dropped and "'O' (1)" in dropped
+    # classes that --labels drops are counted, not also flagged as possible typos
+    assert not any("a typo?" in r.getMessage() for r in caplog.records)
     assert model_args.class_weights == "auto"
     assert (args.output_dir, model_args.variant) == ("outputs/msp-podcast-sparse", "sparse")
 
