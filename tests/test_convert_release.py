@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_hub import fake_hub  # noqa: F401  (the loopback Hub stand-in)
 from test_release_preset import reference_forward, release_model
 
 from merit.convert_release import convert_release, load_norm_stats, main
@@ -141,23 +142,34 @@ def test_converted_release_matches_the_described_forward(source, tmp_path):
     assert "RogerTzeng/Sparse-MERIT" in card and "MIT" in card and "2509.08470" in card
 
 
-def test_hub_id_is_fetched_with_the_release_files_only(source, tmp_path, monkeypatch):
+def test_hub_id_is_fetched_with_the_release_files_only(
+    source,
+    tmp_path,
+    monkeypatch,
+    fake_hub,  # noqa: F811
+):
+    """The Hub path for real: ``snapshot_download`` against the loopback Hub stand-in, which
+    holds the release's files and a large file the converter must not download."""
     import huggingface_hub
 
     model, folder = source
-    asked = {}
-
-    def fake_snapshot_download(repo_id, allow_patterns):
-        asked.update(repo_id=repo_id, allow_patterns=allow_patterns)
-        return str(folder)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    convert_release("RogerTzeng/Sparse-MERIT", tmp_path / "from-hub")
-    assert asked["repo_id"] == "RogerTzeng/Sparse-MERIT"
-    assert (
-        "final_mmoe.pt" in asked["allow_patterns"]
-        and "WavLM-Large.pt" not in asked["allow_patterns"]
+    repo = "RogerTzeng/Sparse-MERIT"
+    files = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    fake_hub.files["model", repo] = {**files, "WavLM-Large.pt": b"x" * 4096}
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", fake_hub.url)
+    monkeypatch.setattr(
+        huggingface_hub.constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        fake_hub.url + "/{repo_id}/resolve/{revision}/{filename}",
     )
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    out = convert_release(repo, tmp_path / "from-hub")
+    fetched = {path.rsplit("/", 1)[-1] for method, path in fake_hub.requests if "/resolve/" in path}
+    assert fetched == set(files) and "WavLM-Large.pt" not in fetched
+    local = convert_release(folder, tmp_path / "local")
+    converted, expected = MeritModel.from_pretrained(out), MeritModel.from_pretrained(local)
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(converted.state_dict()[key], value, rtol=0, atol=0)
 
 
 class Payload:

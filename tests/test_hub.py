@@ -6,6 +6,7 @@ if anything tries to reach another address.
 """
 
 import base64
+import hashlib
 import json
 import re
 import shutil
@@ -214,6 +215,7 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.auth: set[str] = set()
         self.unknown: list[str] = []
+        self.commit = "c" * 40
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -225,7 +227,7 @@ class FakeHub:
             def log_message(self, *args):  # keep pytest output clean
                 pass
 
-            def _send(self, status: int, payload: dict) -> None:
+            def _send(self, status: int, payload: dict | list) -> None:
                 body = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -234,8 +236,55 @@ class FakeHub:
                 self.wfile.write(body)
 
             def do_GET(self):
-                fake.unknown.append(f"GET {self.path}")
-                self._send(404, {"error": "not implemented by the fake Hub"})
+                self._serve(body=True)
+
+            def do_HEAD(self):
+                self._serve(body=False)
+
+            def _serve(self, body: bool) -> None:
+                """Repo info and file downloads of the repos whose files the test put in
+                ``fake.files`` (what ``snapshot_download`` / ``hf_hub_download`` ask)."""
+                path = self.path.split("?")[0]
+                fake.requests.append((self.command, path))
+                info = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+                if info and ("model", info.group(1)) in fake.files:
+                    files = fake.files["model", info.group(1)]
+                    return self._send(
+                        200,
+                        {
+                            "id": info.group(1),
+                            "sha": fake.commit,
+                            "siblings": [{"rfilename": name} for name in sorted(files)],
+                        },
+                    )
+                tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)", path)
+                if tree and ("model", tree.group(1)) in fake.files:
+                    files = fake.files["model", tree.group(1)]
+                    entries = [
+                        {
+                            "type": "file",
+                            "path": name,
+                            "size": len(content),
+                            "oid": hashlib.sha1(content).hexdigest(),
+                        }
+                        for name, content in sorted(files.items())
+                    ]
+                    return self._send(200, entries)
+                resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+                if resolve and ("model", resolve.group(1)) in fake.files:
+                    content = fake.files["model", resolve.group(1)].get(resolve.group(3))
+                    if content is not None:
+                        self.send_response(200)
+                        self.send_header("Content-Length", str(len(content)))
+                        self.send_header("X-Repo-Commit", fake.commit)
+                        etag = hashlib.sha256(content).hexdigest()
+                        self.send_header("ETag", f'"{etag}"')
+                        self.end_headers()
+                        if body:
+                            self.wfile.write(content)
+                        return None
+                fake.unknown.append(f"{self.command} {self.path}")
+                return self._send(404, {"error": "not implemented by the fake Hub"})
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
