@@ -65,6 +65,24 @@ _SIGNALS = datasets.Features(
 )
 
 
+def _metric_info(
+    description: str, citation: str, inputs: str, features: datasets.Features
+) -> evaluate.MetricInfo:
+    return evaluate.MetricInfo(
+        description=description,
+        citation=citation,
+        inputs_description=inputs,
+        features=features,
+    )
+
+
+def _pairs_of(value_type: str) -> datasets.Features:
+    """One prediction and one reference of ``value_type`` per example."""
+    return datasets.Features(
+        {"predictions": datasets.Value(value_type), "references": datasets.Value(value_type)}
+    )
+
+
 def _mean_of(scores: list[float]) -> dict[str, float]:
     finite = [s for s in scores if math.isfinite(s)]
     return {"mean": float(np.mean(finite)) if finite else math.nan, "count": len(finite)}
@@ -77,12 +95,12 @@ class _SignalMetric(evaluate.Metric):
     citation = ""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=self.description,
-            citation=self.citation,
-            inputs_description="predictions: enhanced signals; references: clean signals "
-            "(same length each); sample_rate: Hz (default 16000)",
-            features=_SIGNALS,
+        return _metric_info(
+            self.description,
+            self.citation,
+            "predictions: enhanced signals; references: clean signals (same length each); "
+            "sample_rate: Hz (default 16000)",
+            _SIGNALS,
         )
 
     def _score(self, clean: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
@@ -142,14 +160,12 @@ class EmotionRecognition(evaluate.Metric):
     """Accuracy, macro F1 and UAR over all ``num_labels`` classes (an absent class counts 0)."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="Accuracy, F1-macro and UAR (macro recall) of emotion classes, "
-            "macro averages over all num_labels classes (merit.metrics.ser_metrics).",
-            citation="",
-            inputs_description="predictions, references: label ids; num_labels: classes",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+        return _metric_info(
+            "Accuracy, F1-macro and UAR (macro recall) of emotion classes, macro averages "
+            "over all num_labels classes (merit.metrics.ser_metrics).",
+            "",
+            "predictions, references: label ids; num_labels: classes",
+            _pairs_of("int64"),
         )
 
     def _compute(self, predictions, references, num_labels: int | None = None):
@@ -162,15 +178,13 @@ class CCC(evaluate.Metric):
     """Lin's concordance correlation coefficient of one rated dimension."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description="Concordance correlation coefficient (Lin 1989), population moments "
+        return _metric_info(
+            "Concordance correlation coefficient (Lin 1989), population moments "
             "(merit.metrics.ccc).",
-            citation="Lin: A concordance correlation coefficient to evaluate reproducibility. "
+            "Lin: A concordance correlation coefficient to evaluate reproducibility. "
             "Biometrics 1989.",
-            inputs_description="predictions, references: one number per example",
-            features=datasets.Features(
-                {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
-            ),
+            "predictions, references: one number per example",
+            _pairs_of("float64"),
         )
 
     def _compute(self, predictions, references) -> dict[str, float]:

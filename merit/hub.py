@@ -763,13 +763,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {rel.as_posix()}")
     if args.space_id:
         print(f"and the demo's files to the {visibility} Space {args.space_id}.")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("error: nothing uploaded; pass --yes to confirm", file=sys.stderr)
-            return 2
-        if input("Upload these files? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("nothing uploaded")
-            return 1
+    refused = _refused(args.yes, "Upload these files?")
+    if refused is not None:
+        return refused
     try:
         urls = publish(
             args.model_dir,
@@ -788,23 +784,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _refused(yes: bool, question: str) -> int | None:
+    """``None`` when the upload may go ahead (``--yes``, or the user typed yes), else the exit
+    code: nothing is uploaded without a confirmation, and none can come from a pipe."""
+    if yes:
+        return None
+    if not sys.stdin.isatty():
+        print("error: nothing uploaded; pass --yes to confirm", file=sys.stderr)
+        return 2
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        print("nothing uploaded")
+        return 1
+    return None
+
+
 def _publish_metric_command(args: argparse.Namespace) -> int:
     from merit.evaluate_metrics import METRIC_MODULES
 
     if args.name not in METRIC_MODULES:
-        print(
-            f"error: unknown metric {args.name!r}; one of {sorted(METRIC_MODULES)}", file=sys.stderr
-        )
+        known = ", ".join(sorted(METRIC_MODULES))
+        print(f"error: unknown metric {args.name!r}; one of {known}", file=sys.stderr)
         return 1
     visibility = "private" if args.private else "PUBLIC"
     print(f"To upload the {args.name} metric module to the {visibility} Space {args.repo_id}.")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("error: nothing uploaded; pass --yes to confirm", file=sys.stderr)
-            return 2
-        if input("Upload it? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("nothing uploaded")
-            return 1
+    refused = _refused(args.yes, "Upload it?")
+    if refused is not None:
+        return refused
     url = publish_metric(
         args.name, args.repo_id, private=args.private, endpoint=args.endpoint, token=args.token
     )
