@@ -958,7 +958,7 @@ def main(
     results = finish_run(
         trainer,
         final,
-        RunIdentity("sparse-merit", model_args.variant, model_args.backbone),
+        RunIdentity("merit", model_args.variant, model_args.backbone),
         prepared,
         seen,
         unseen,
@@ -1000,7 +1000,7 @@ def validation_dataset(
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """What ``results.json`` and the card say was trained: the method (``sparse-merit``,
+    """What ``results.json`` and the card say was trained: the method (``merit``, ``mlkd``,
     ``adapter``), the system (a :data:`VARIANTS` name) and the backbone as given."""
 
     method: str
@@ -1094,7 +1094,7 @@ def training_details(
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     crop = data_args.max_train_seconds
     details = {
-        "Method": results.get("method", "sparse-merit"),
+        "Method": results.get("method", "merit"),
         "Optimizer steps": f"{results['global_step']} (seed {args.seed})",
         "Effective batch": f"{batch} utterances ({args.per_device_train_batch_size} per device "
         f"x {args.gradient_accumulation_steps} accumulation x {max(1, args.world_size)} "
