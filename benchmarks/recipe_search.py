@@ -79,6 +79,18 @@ CANDIDATES: dict[str, list[str]] = {
         "--clean_prob",
         "0.3",
     ],
+    # Added after the rule was fixed (2026-12-02): a waveform-level loss, which punishes
+    # what the mask does to clean speech as well as to noisy, on top of 30 % clean examples.
+    "two-stage-x0.1-clean0.3-sisdr0.01": [
+        "--backbone_frozen_steps",
+        "{stage1}",
+        "--backbone_learning_rate_factor",
+        "0.1",
+        "--clean_prob",
+        "0.3",
+        "--se_sisdr_weight",
+        "0.01",
+    ],
     "two-stage-x0.1-clean0.3-snr30": [
         "--backbone_frozen_steps",
         "{stage1}",
