@@ -91,6 +91,28 @@ CANDIDATES: dict[str, list[str]] = {
         "--se_sisdr_weight",
         "0.01",
     ],
+    # The weight, swept on validation (smaller weights keep more of the spectral loss's
+    # enhancement).
+    "two-stage-x0.1-clean0.3-sisdr0.001": [
+        "--backbone_frozen_steps",
+        "{stage1}",
+        "--backbone_learning_rate_factor",
+        "0.1",
+        "--clean_prob",
+        "0.3",
+        "--se_sisdr_weight",
+        "0.001",
+    ],
+    "two-stage-x0.1-clean0.3-sisdr0.003": [
+        "--backbone_frozen_steps",
+        "{stage1}",
+        "--backbone_learning_rate_factor",
+        "0.1",
+        "--clean_prob",
+        "0.3",
+        "--se_sisdr_weight",
+        "0.003",
+    ],
     "two-stage-x0.1-clean0.3-snr30": [
         "--backbone_frozen_steps",
         "{stage1}",
