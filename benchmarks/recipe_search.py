@@ -28,102 +28,42 @@ from common import ROOT, write_report
 
 RESULTS = ROOT / "benchmarks" / "results"
 
+
+def _two_stage(factor: str, *extra: str) -> list[str]:
+    """The authors' two stages (encoder frozen for the first third, then at ``factor`` x the
+    learning rate), plus ``extra`` flags."""
+    return [
+        "--backbone_frozen_steps",
+        "{stage1}",
+        "--backbone_learning_rate_factor",
+        factor,
+        *extra,
+    ]
+
+
+CLEAN30 = ("--clean_prob", "0.3")
 CANDIDATES: dict[str, list[str]] = {
     "frozen": ["--backbone_frozen_steps", "100000"],
-    "two-stage-x0.1": [
-        "--backbone_frozen_steps",
-        "{stage1}",
-        "--backbone_learning_rate_factor",
-        "0.1",
-    ],
-    "two-stage-x0.5": [
-        "--backbone_frozen_steps",
-        "{stage1}",
-        "--backbone_learning_rate_factor",
-        "0.5",
-    ],
-    "two-stage-x0.1-crop1s": [
-        "--backbone_frozen_steps",
-        "{stage1}",
-        "--backbone_learning_rate_factor",
-        "0.1",
-        "--max_train_seconds",
-        "1.0",
-    ],
+    "two-stage-x0.1": _two_stage("0.1"),
+    "two-stage-x0.5": _two_stage("0.5"),
+    "two-stage-x0.1-crop1s": _two_stage("0.1", "--max_train_seconds", "1.0"),
     # The enhancer costs ~15 dB on clean input and clean F1 lags the probe: more clean and
     # high-SNR training examples teach the mask to pass clean speech through.
-    "two-stage-x0.1-clean0.3": [
-        "--backbone_frozen_steps",
-        "{stage1}",
-        "--backbone_learning_rate_factor",
-        "0.1",
-        "--clean_prob",
-        "0.3",
-    ],
+    "two-stage-x0.1-clean0.3": _two_stage("0.1", *CLEAN30),
     # A sigmoid mask cannot reach 1: a ceiling above 1 lets clean speech pass untouched.
-    "two-stage-x0.1-ceiling1.1": [
-        "--backbone_frozen_steps",
-        "{stage1}",
-        "--backbone_learning_rate_factor",
-        "0.1",
-        "--mask_ceiling",
-        "1.1",
-    ],
-    "two-stage-x0.1-ceiling1.1-clean0.3": [
-        "--backbone_frozen_steps",
-        "{stage1}",
-        "--backbone_learning_rate_factor",
-        "0.1",
-        "--mask_ceiling",
-        "1.1",
-        "--clean_prob",
-        "0.3",
-    ],
+    "two-stage-x0.1-ceiling1.1": _two_stage("0.1", "--mask_ceiling", "1.1"),
+    "two-stage-x0.1-ceiling1.1-clean0.3": _two_stage("0.1", "--mask_ceiling", "1.1", *CLEAN30),
     # Added after the rule was fixed (2026-12-02): a waveform-level loss, which punishes
-    # what the mask does to clean speech as well as to noisy, on top of 30 % clean examples.
-    "two-stage-x0.1-clean0.3-sisdr0.01": [
-        "--backbone_frozen_steps",
-        "{stage1}",
-        "--backbone_learning_rate_factor",
-        "0.1",
-        "--clean_prob",
-        "0.3",
-        "--se_sisdr_weight",
-        "0.01",
-    ],
-    # The weight, swept on validation (smaller weights keep more of the spectral loss's
+    # what the mask does to clean speech as well as to noisy, on top of 30 % clean examples;
+    # its weight swept on validation (smaller weights keep more of the spectral loss's
     # enhancement).
-    "two-stage-x0.1-clean0.3-sisdr0.001": [
-        "--backbone_frozen_steps",
-        "{stage1}",
-        "--backbone_learning_rate_factor",
-        "0.1",
-        "--clean_prob",
-        "0.3",
-        "--se_sisdr_weight",
-        "0.001",
-    ],
-    "two-stage-x0.1-clean0.3-sisdr0.003": [
-        "--backbone_frozen_steps",
-        "{stage1}",
-        "--backbone_learning_rate_factor",
-        "0.1",
-        "--clean_prob",
-        "0.3",
-        "--se_sisdr_weight",
-        "0.003",
-    ],
-    "two-stage-x0.1-clean0.3-snr30": [
-        "--backbone_frozen_steps",
-        "{stage1}",
-        "--backbone_learning_rate_factor",
-        "0.1",
-        "--clean_prob",
-        "0.3",
-        "--snr_range",
-        "-5",
-        "30",
-    ],
+    **{
+        f"two-stage-x0.1-clean0.3-sisdr{weight}": _two_stage(
+            "0.1", *CLEAN30, "--se_sisdr_weight", weight
+        )
+        for weight in ("0.01", "0.001", "0.003")
+    },
+    "two-stage-x0.1-clean0.3-snr30": _two_stage("0.1", *CLEAN30, "--snr_range", "-5", "30"),
 }
 
 
