@@ -554,7 +554,8 @@ def train_adapter(
     ``results.json``, ``evaluation/`` and a model card in ``output_dir``. With
     ``--resume_from_checkpoint`` (any value but ``false``) a finished stage 1 is reused and
     each stage resumes from its latest checkpoint."""
-    from merit.training import RunIdentity, finish_run, validation_dataset
+    from merit.preparation import validation_dataset
+    from merit.training import RunIdentity, finish_run
 
     started = time.perf_counter()
     out = Path(training_args.output_dir)
@@ -562,6 +563,7 @@ def train_adapter(
     stage_resume = "auto" if resume else None
     data = load_noisy_training_data(data_args, labelled=True)
     train_dataset, names = data.train, data.label_names
+    training_started = time.perf_counter()  # both stages, as train.py times its training
     pretrained_dir = out / "pretrained"
     if resume and (pretrained_dir / "config.json").is_file():
         model = MeritModel.from_pretrained(pretrained_dir)
@@ -603,7 +605,7 @@ def train_adapter(
         train_loss=trainer.state.log_history[-1].get("train_loss", float("nan"))
         if trainer.state.log_history
         else float("nan"),
-        train_seconds=time.perf_counter() - started,
+        train_seconds=time.perf_counter() - training_started,
         started=started,
         feature_extractor=MeritFeatureExtractor(sampling_rate=model.config.sampling_rate),
         output_dir=out,

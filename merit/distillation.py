@@ -26,7 +26,6 @@ import copy
 import json
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -323,38 +322,34 @@ class DistillationTrainer(Trainer):
 
 @torch.no_grad()
 def fidelity_rows(
-    distiller: MultiLevelDistiller, eval_sets: Mapping[str, Dataset], batch_size: int = 8
+    distiller: MultiLevelDistiller, eval_sets: Mapping[str, Dataset]
 ) -> list[dict[str, Any]]:
     """How well the student, hearing each condition's noisy audio, reproduces the teacher's
     target layers on the clean audio: per condition the distillation loss and, per target
-    layer, the L1 distance and the mean cosine similarity over valid frames (utterance mean)."""
+    layer, the L1 distance and the mean cosine similarity over valid frames (utterance mean;
+    one utterance at a time, since the loss is a mean over the batch's frames)."""
     distiller.eval()
     collate = DataCollatorForMerit()
     rows = []
     for condition, dataset in eval_sets.items():
         sums: dict[str, float] = {}
         count = 0
-        keep = [c for c in ("input_values", "clean_values") if c in dataset.column_names]
-        plain = dataset.select_columns(keep).with_format("numpy")
-        for start in range(0, len(plain), batch_size):
-            batch = collate(list(plain.select(range(start, min(start + batch_size, len(plain))))))
-            for index in range(batch["input_values"].shape[0]):
-                one = {key: value[index : index + 1] for key, value in batch.items()}
-                length = int(one["attention_mask"].sum())
-                one = {key: value[:, :length] for key, value in one.items()}
-                out = distiller(**one)
-                values = {"loss": float(out["loss"])}
-                for layer, l1, similarity in zip(
-                    distiller.teacher_layers,
-                    out["l1"].tolist(),
-                    out["similarity"].tolist(),
-                    strict=True,
-                ):
-                    values[f"l1_layer{layer}"] = l1
-                    values[f"cos_layer{layer}"] = similarity
-                for key, value in values.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                count += 1
+        for example in dataset.select_columns(["input_values", "clean_values"]).with_format(
+            "numpy"
+        ):
+            out = distiller(**collate([example]))
+            values = {"loss": float(out["loss"])}
+            for layer, l1, similarity in zip(
+                distiller.teacher_layers,
+                out["l1"].tolist(),
+                out["similarity"].tolist(),
+                strict=True,
+            ):
+                values[f"l1_layer{layer}"] = l1
+                values[f"cos_layer{layer}"] = similarity
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value
+            count += 1
         rows.append(
             {
                 "condition": condition,
@@ -389,8 +384,8 @@ def distill(
     table of how faithfully the student reproduces the clean teacher under every noise
     condition, ``results.json`` and a model card (``student/README.md``).
     """
-    from merit.preparation import build_eval_sets
-    from merit.training import training_details, validation_dataset
+    from merit.preparation import frozen_test_sets, validation_dataset
+    from merit.training import training_details
 
     started = time.perf_counter()
     teacher = load_backbone(
@@ -437,15 +432,7 @@ def distill(
     }
     table = None
     if training_args.do_predict and data.prepared.test is not None:
-        with tempfile.TemporaryDirectory(prefix="merit-mlkd-test-") as cache:
-            sets = build_eval_sets(
-                data.prepared.test,
-                data.seen,
-                data.unseen,
-                snrs=data_args.eval_snrs,
-                seed=data_args.eval_seed,
-                out_dir=cache,
-            )
+        with frozen_test_sets(data.prepared, data.seen, data.unseen, data_args) as sets:
             rows = fidelity_rows(distiller, sets)
         results["test_rows"] = rows
         table = format_fidelity(rows, distiller.teacher_layers)

@@ -45,6 +45,8 @@ __all__ = [
     "parse_split_map",
     "load_noise_banks",
     "prepare_data",
+    "frozen_test_sets",
+    "validation_dataset",
     "validation_noise",
     "quiet_datasets",
     "resolve_data_sources",
@@ -223,6 +225,51 @@ def validation_noise(prepared: PreparedData, seen: NoiseBank) -> NoiseBank:
     """The bank validation mixes draw from: the folder's ``dev`` noise when it has some (a
     noise corpus split three ways), else the training noise, as before."""
     return _optional_bank(prepared.noise_dir, "dev") or seen
+
+
+def validation_dataset(
+    prepared: PreparedData,
+    seen: NoiseBank,
+    data_args: DataArguments,
+    label2id: Mapping[str, int] | None,
+    training_args: Any,
+) -> Dataset | None:
+    """The frozen noisy validation set of a run (dev noise when the noise folder has some, at
+    ``--validation_snrs``), or ``None`` when ``training_args`` do not evaluate."""
+    if training_args.eval_strategy == "no":
+        return None
+    if prepared.validation is None:
+        raise ValueError(
+            f"{prepared.dataset_name} has no validation split to evaluate on: provide one, "
+            "or pass --eval_strategy no --load_best_model_at_end False"
+        )
+    return build_validation_set(
+        prepared.validation,
+        validation_noise(prepared, seen),
+        data_args.validation_snrs or data_args.eval_snrs,
+        seed=data_args.eval_seed,
+        label2id=label2id,
+    )
+
+
+@contextmanager
+def frozen_test_sets(
+    prepared: PreparedData,
+    seen: NoiseBank,
+    unseen: NoiseBank | None,
+    data_args: DataArguments,
+) -> Iterator[dict[str, Dataset]]:
+    """The test conditions of a run (every SNR of ``--eval_snrs`` for seen and unseen noise,
+    and clean) in a temporary folder that lives as long as the block."""
+    with tempfile.TemporaryDirectory(prefix="merit-test-sets-") as cache, quiet_datasets():
+        yield build_eval_sets(
+            prepared.test,
+            seen,
+            unseen,
+            snrs=data_args.eval_snrs,
+            seed=data_args.eval_seed,
+            out_dir=cache,
+        )
 
 
 def spread_subset(dataset: Dataset, limit: int | None) -> Dataset:

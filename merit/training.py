@@ -58,7 +58,6 @@ from merit.data import (
     DataCollatorForMerit,
     NoiseBank,
     NoisyMixer,
-    build_eval_sets,
 )
 from merit.evaluate_metrics import dimension_scores, emotion_scores
 from merit.evaluation import (
@@ -73,10 +72,9 @@ from merit.evaluation import (
 from merit.preparation import (
     DataArguments,
     PreparedData,
-    build_validation_set,
+    frozen_test_sets,
     prepare_data,
-    quiet_datasets,
-    validation_noise,
+    validation_dataset,
 )
 from merit.runs import TINY_BACKBONE, RunTrainingArguments, parse_with_config, resolve_checkpoint
 from merit.whisper_ct2 import TINY_EN_HUB_ID, TINY_EN_NAME, resolve_pretrained_backbone
@@ -97,9 +95,7 @@ __all__ = [
     "make_compute_metrics",
     "parse_args",
     "training_details",
-    "validation_dataset",
     "variant_config_kwargs",
-    "variant_name",
 ]
 
 logger = logging.getLogger("merit.training")
@@ -973,31 +969,6 @@ def main(
     return results
 
 
-def validation_dataset(
-    prepared: PreparedData,
-    seen: NoiseBank,
-    data_args: DataArguments,
-    label2id: Mapping[str, int] | None,
-    training_args: TrainingArguments,
-) -> Dataset | None:
-    """The frozen noisy validation set (dev noise when the noise folder has some, at
-    ``--validation_snrs``), or ``None`` when the run does not evaluate."""
-    if training_args.eval_strategy == "no":
-        return None
-    if prepared.validation is None:
-        raise ValueError(
-            f"{prepared.dataset_name} has no validation split to evaluate on: provide one, "
-            "or pass --eval_strategy no --load_best_model_at_end False"
-        )
-    return build_validation_set(
-        prepared.validation,
-        validation_noise(prepared, seen),
-        data_args.validation_snrs or data_args.eval_snrs,
-        seed=data_args.eval_seed,
-        label2id=label2id,
-    )
-
-
 @dataclass(frozen=True)
 class RunIdentity:
     """What ``results.json`` and the card say was trained: the method (``merit``, ``mlkd``,
@@ -1050,7 +1021,7 @@ def finish_run(
     if training_args.do_predict and prepared.test is not None and trainer.is_world_process_zero():
         evaluation = _evaluate_test(final, prepared, seen, unseen, data_args, training_args)
         rows = evaluation.rows
-        results["test"] = _headline(rows, variant_name(final))
+        results["test"] = _headline(rows, _variant_name(final))
         results["test_rows"] = rows
         eval_table = format_markdown(evaluation)
         write_report(evaluation, output_dir / "evaluation")
@@ -1129,18 +1100,8 @@ def _evaluate_test(
     data_args: DataArguments,
     training_args: TrainingArguments,
 ):
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="merit-test-sets-") as cache, quiet_datasets():
-        sets = build_eval_sets(
-            prepared.test,
-            seen,
-            unseen,
-            snrs=data_args.eval_snrs,
-            seed=data_args.eval_seed,
-            out_dir=cache,
-        )
-        systems = {variant_name(model): ModelSystem(model), UNPROCESSED: UnprocessedInput()}
+    with frozen_test_sets(prepared, seen, unseen, data_args) as sets:
+        systems = {_variant_name(model): ModelSystem(model), UNPROCESSED: UnprocessedInput()}
         return evaluate_systems(
             systems,
             sets,
@@ -1149,7 +1110,7 @@ def _evaluate_test(
         )
 
 
-def variant_name(model: MeritModel) -> str:
+def _variant_name(model: MeritModel) -> str:
     config = model.config
     for name, settings in VARIANTS.items():
         if settings["routing"] == config.routing and settings["tasks"] == list(config.tasks):
