@@ -604,8 +604,13 @@ class NoiseBank:
 
     @classmethod
     def from_dir(
-        cls, path: str | Path, split: str | None = "seen", sampling_rate: int = 16000
-    ) -> NoiseBank:
+        cls,
+        path: str | Path,
+        split: str | None = "seen",
+        sampling_rate: int = 16000,
+        *,
+        required: bool = True,
+    ) -> NoiseBank | None:
         """Load a noise folder (searched recursively).
 
         With ``noise.csv`` (``file_name,noise_type[,split]``) its columns are used. Otherwise
@@ -614,7 +619,9 @@ class NoiseBank:
         top-level split folder: ``seen/`` or ``train/`` (training noise), ``dev/`` or
         ``validation/`` (validation only), ``unseen/`` or ``test/`` (test only), as noise
         corpora split their files (:data:`NOISE_SPLIT_ALIASES`). ``split=None`` keeps every
-        file.
+        file. A folder without files of ``split`` is an error, or ``None`` when not
+        ``required`` (an optional split: unseen or dev noise); a broken folder is an error
+        either way.
         """
         root = Path(path).expanduser()
         if not root.is_dir():
@@ -627,6 +634,8 @@ class NoiseBank:
         available = sorted({f.split for f in files})
         if split is not None:
             files = [f for f in files if f.split == split]
+        if not files and not required:
+            return None
         if not files:
             raise ValueError(
                 f"no {split or ''} noise files in {root} (splits found: {available}); "

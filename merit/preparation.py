@@ -209,22 +209,13 @@ def load_noise_banks(noise_dir: str | Path) -> tuple[NoiseBank, NoiseBank | None
     """Seen (training) and unseen (test-only) banks; a folder without unseen noise gives
     ``None`` for it, and the unseen columns are then left out."""
     seen = NoiseBank.from_dir(noise_dir, split="seen")
-    return seen, _optional_bank(noise_dir, "unseen")
-
-
-def _optional_bank(noise_dir: str | Path, split: str) -> NoiseBank | None:
-    try:
-        return NoiseBank.from_dir(noise_dir, split=split)
-    except ValueError as err:
-        if "no " + split not in str(err):  # a broken folder, not an absent split
-            raise
-        return None
+    return seen, NoiseBank.from_dir(noise_dir, split="unseen", required=False)
 
 
 def validation_noise(prepared: PreparedData, seen: NoiseBank) -> NoiseBank:
     """The bank validation mixes draw from: the folder's ``dev`` noise when it has some (a
     noise corpus split three ways), else the training noise, as before."""
-    return _optional_bank(prepared.noise_dir, "dev") or seen
+    return NoiseBank.from_dir(prepared.noise_dir, split="dev", required=False) or seen
 
 
 def validation_dataset(
