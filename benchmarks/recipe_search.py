@@ -42,6 +42,7 @@ def _two_stage(factor: str, *extra: str) -> list[str]:
 
 
 CLEAN30 = ("--clean_prob", "0.3")
+LAYERS20 = ("--layer_weights_learning_rate_factor", "20")
 CANDIDATES: dict[str, list[str]] = {
     "frozen": ["--backbone_frozen_steps", "100000"],
     "two-stage-x0.1": _two_stage("0.1"),
@@ -64,6 +65,18 @@ CANDIDATES: dict[str, list[str]] = {
         for weight in ("0.01", "0.001", "0.003")
     },
     "two-stage-x0.1-clean0.3-snr30": _two_stage("0.1", *CLEAN30, "--snr_range", "-5", "30"),
+    # Added 2026-12-02 (second session): at 1e-3 AdamW moves the layer-weighting logits by
+    # at most ~0.3 in a run this short, so "learned" layer weights stay near uniform, while a
+    # linear probe prefers the early layers; a larger learning rate for those logits alone,
+    # without and with the SI-SDR loss (at the default's 10 % clean examples and at 30 %).
+    "two-stage-x0.1-layers20": _two_stage("0.1", *LAYERS20),
+    "two-stage-x0.1-sisdr0.003": _two_stage("0.1", "--se_sisdr_weight", "0.003"),
+    "two-stage-x0.1-layers20-sisdr0.003": _two_stage(
+        "0.1", *LAYERS20, "--se_sisdr_weight", "0.003"
+    ),
+    "two-stage-x0.1-layers20-clean0.3-sisdr0.003": _two_stage(
+        "0.1", *LAYERS20, *CLEAN30, "--se_sisdr_weight", "0.003"
+    ),
 }
 
 
@@ -113,6 +126,7 @@ def run(name: str, extra: list[str], steps: int, batch: int, out: Path) -> dict:
         **clean,
         "name": name,
         "args": args,
+        "steps": steps,
         "best_step": best["step"],
         "val_f1_macro": best["eval_f1_macro"],
         "val_ssnr": best.get("eval_ssnr"),
@@ -148,25 +162,31 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "recipe-search")
     args = parser.parse_args()
     names = args.only or list(CANDIDATES)
-    rows = []
     RESULTS.mkdir(parents=True, exist_ok=True)
+    table = RESULTS / "recipe_search.json"
+    # Rows of candidates not run this time are kept from earlier invocations (their runs may
+    # be gone from --out), so `--only NAME` adds a row instead of replacing the table.
+    kept = {r["name"]: r for r in json.loads(table.read_text())} if table.is_file() else {}
     for name in names:
-        rows.append(run(name, CANDIDATES[name], args.steps, args.batch, args.out))
-        (RESULTS / "recipe_search.json").write_text(json.dumps(rows, indent=2) + "\n")
+        kept[name] = run(name, CANDIDATES[name], args.steps, args.batch, args.out)
+        rows = [kept[n] for n in CANDIDATES if n in kept]
+        table.write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         "# Recipe search on the validation split (Whisper tiny.en, Sparse MERIT)",
         "",
-        f"`{' '.join(['python', 'benchmarks/recipe_search.py', *sys.argv[1:]])}` "
-        f"({args.steps} steps of batch {args.batch} each; validation = 240 utterances of "
-        "3 held-out speakers, seen noise at -5/0/5/10 dB; the test split is not touched).",
+        "`python benchmarks/recipe_search.py [--only NAME ...]` (batch "
+        f"{args.batch}, the steps each row says; validation = 240 utterances of 3 held-out "
+        "speakers, seen noise at -5/0/5/10 dB; the test split is not touched). Rows from "
+        f"earlier invocations are kept; this one ran: `{' '.join(sys.argv[1:]) or 'all'}`.",
         "",
-        "| candidate | extra flags | best val F1-macro (step) | val SSNR (dB) | F1 by step "
+        "| candidate | extra flags | steps | best val F1-macro (step) | val SSNR (dB) | F1 by step "
         "| clean val F1 | clean val SSNR (input) | wall (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | `{' '.join(r['args'])}` | {r['val_f1_macro']:.3f} ({r['best_step']}) "
+            f"| {r['name']} | `{' '.join(r['args'])}` | {r.get('steps', 300)} "
+            f"| {r['val_f1_macro']:.3f} ({r['best_step']}) "
             f"| {r['val_ssnr']:.2f} | {r['val_f1_by_step']} | {r['val_clean_f1_macro']:.3f} "
             f"| {r['val_clean_ssnr']:.2f} ({r['val_clean_input_ssnr']:.2f}) | "
             + ("earlier run" if r["seconds"] is None else f"{r['seconds']:.0f}")

@@ -294,6 +294,14 @@ class MeritTrainingArguments(RunTrainingArguments):
             "fraction of --learning_rate; the authors use 0.5"
         },
     )
+    layer_weights_learning_rate_factor: float = field(
+        default=1.0,
+        metadata={
+            "help": "learning rate of the per-task layer-weighting logits as a multiple of "
+            "--learning_rate: at 1e-3 AdamW moves a logit by at most ~0.3 in 450 steps, so "
+            "the weighting stays near uniform unless this is raised"
+        },
+    )
 
     def __post_init__(self) -> None:
         #: ``False`` when the output folder is still to be derived from the system trained.
@@ -313,11 +321,9 @@ class MeritTrainingArguments(RunTrainingArguments):
             raise ValueError(
                 f"--backbone_frozen_steps must be >= 0, got {self.backbone_frozen_steps}"
             )
-        if not self.backbone_learning_rate_factor > 0:
-            raise ValueError(
-                "--backbone_learning_rate_factor must be > 0, got "
-                f"{self.backbone_learning_rate_factor}"
-            )
+        for flag in ("backbone_learning_rate_factor", "layer_weights_learning_rate_factor"):
+            if not getattr(self, flag) > 0:
+                raise ValueError(f"--{flag} must be > 0, got {getattr(self, flag)}")
 
 
 def parse_args(
@@ -551,8 +557,9 @@ class MeritTrainer(Trainer):
         self._loss_count = 0
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
-        """AdamW over every parameter that trains in either stage, the backbone's in groups
-        of their own at ``backbone_learning_rate_factor`` x the learning rate.
+        """AdamW over every parameter that trains in either stage, in groups by learning rate:
+        the backbone's at ``backbone_learning_rate_factor`` x the learning rate, the layer
+        weighting's logits at ``layer_weights_learning_rate_factor`` x.
 
         The backbone's parameters are in the optimizer from the start, also while stage 1
         keeps them frozen (no gradient, so AdamW leaves them and their state alone): the
@@ -564,25 +571,32 @@ class MeritTrainer(Trainer):
         model = model or self.model
         args = self.args
         decay = set(self.get_decay_parameter_names(model))
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
         for name, param in model.named_parameters():
             if not (param.requires_grad or name in self.backbone_parameters):
                 continue
-            key = (name in self.backbone_parameters, name in decay)
+            key = (self.learning_rate_factor(name), name in decay)
             groups.setdefault(key, []).append(param)
         param_groups = [
             {
                 "params": params,
                 "weight_decay": args.weight_decay if decays else 0.0,
-                "lr": args.learning_rate
-                * (args.backbone_learning_rate_factor if backbone else 1.0),
+                "lr": args.learning_rate * factor,
             }
-            for (backbone, decays), params in sorted(groups.items())
+            for (factor, decays), params in sorted(groups.items())
         ]
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
         optimizer_kwargs.pop("lr", None)
         self.optimizer = optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
         return self.optimizer
+
+    def learning_rate_factor(self, name: str) -> float:
+        """The multiple of ``--learning_rate`` a parameter trains at."""
+        if name in self.backbone_parameters:
+            return getattr(self.args, "backbone_learning_rate_factor", 1.0)
+        if name.endswith("layer_logits"):
+            return getattr(self.args, "layer_weights_learning_rate_factor", 1.0)
+        return 1.0
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """Length-grouped batches from the file headers (:meth:`NoisyTrainingSet.lengths`);
