@@ -583,7 +583,8 @@ class MeritTrainer(Trainer):
                 "weight_decay": args.weight_decay if decays else 0.0,
                 "lr": args.learning_rate * factor,
             }
-            for (factor, decays), params in sorted(groups.items())
+            # The base learning rate's groups first: Trainer logs the first group's rate.
+            for (factor, decays), params in sorted(groups.items(), key=_base_rate_first)
         ]
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
         optimizer_kwargs.pop("lr", None)
@@ -781,6 +782,11 @@ class _EpochSetter(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(math.floor(state.epoch + 1e-6))
+
+
+def _base_rate_first(group: tuple[tuple[float, bool], list]) -> tuple[bool, float, bool]:
+    (factor, decays), _ = group
+    return factor != 1.0, factor, decays
 
 
 def _is_backbone_parameter(name: str) -> bool:
@@ -1085,7 +1091,8 @@ def training_details(
         f"x {args.gradient_accumulation_steps} accumulation x {max(1, args.world_size)} "
         "process(es))",
         "Learning rate": f"{args.learning_rate:g}, {schedule} schedule, warm-up "
-        f"{args.warmup_steps:g}, weight decay {args.weight_decay:g}",
+        f"{args.warmup_steps:g}, weight decay {args.weight_decay:g}; layer weighting at "
+        f"{getattr(args, 'layer_weights_learning_rate_factor', 1.0):g} x",
         "Stages": f"backbone frozen for {frozen} steps, then trained at {factor:g} x the "
         "learning rate"
         if frozen

@@ -160,6 +160,22 @@ class STFTMaskHead(nn.Module):
             <= (sample_lengths // self.hop_length)[:, None]
         )
 
+    def overlap_add(self, chunks: torch.Tensor) -> torch.Tensor:
+        """``(B, T, n_fft)`` frames summed at ``hop_length`` strides into ``(B, samples)``.
+
+        Each frame is cut into ``ceil(n_fft / hop)`` hop-long pieces and piece ``k`` of frame
+        ``t`` lands on output block ``t + k``: a few shifted additions, several times faster
+        on the CPU than ``F.fold`` (col2im), which dominated the enhancement head's time.
+        """
+        batch, frames, size = chunks.shape
+        hop = self.hop_length
+        parts = -(-size // hop)
+        pieces = F.pad(chunks, (0, parts * hop - size)).reshape(batch, frames, parts, hop)
+        blocks = chunks.new_zeros(batch, frames + parts - 1, hop)
+        for k in range(parts):
+            blocks[:, k : k + frames] += pieces[:, :, k]
+        return blocks.reshape(batch, -1)[:, : (frames - 1) * hop + size]
+
     def istft(self, spec: torch.Tensor, lengths: torch.Tensor, total: int) -> torch.Tensor:
         """Inverse STFT by overlap-add over each utterance's own frames.
 
@@ -167,26 +183,16 @@ class STFTMaskHead(nn.Module):
         which changes the last samples of shorter utterances; here frames past an utterance's
         end are dropped from both the signal and the envelope.
         """
-        batch, _, frames = spec.shape
+        frames = spec.shape[-1]
         pad = self.n_fft // 2
         left = (self.n_fft - self.win_length) // 2
         window = F.pad(self.window(spec.real), (left, self.n_fft - self.win_length - left))
         valid = self.valid_stft_frames(lengths, frames).to(window.dtype)  # B, T
         chunks = torch.fft.irfft(spec.transpose(1, 2), n=self.n_fft, dim=-1)  # B, T, n_fft
         chunks = chunks * window * valid[..., None]
-        envelope = (window.pow(2)[None, None, :] * valid[..., None]).expand_as(chunks)
-        out_len = (frames - 1) * self.hop_length + self.n_fft
-
-        def overlap_add(x: torch.Tensor) -> torch.Tensor:
-            return F.fold(
-                x.transpose(1, 2),
-                output_size=(1, out_len),
-                kernel_size=(1, self.n_fft),
-                stride=(1, self.hop_length),
-            ).reshape(batch, out_len)
-
-        signal = overlap_add(chunks)
-        norm = overlap_add(envelope)
+        envelope = window.pow(2)[None, None, :] * valid[..., None]
+        signal = self.overlap_add(chunks)
+        norm = self.overlap_add(envelope)
         signal = torch.where(norm > 1e-10, signal / norm.clamp_min(1e-10), torch.zeros_like(signal))
         signal = signal[:, pad : pad + total]
         if signal.shape[1] < total:

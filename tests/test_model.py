@@ -130,6 +130,23 @@ def test_enhancement_head_reconstructs_like_torch_istft():
     torch.testing.assert_close(out.enhanced_waveform, x, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("n_fft, hop", [(512, 160), (256, 80), (400, 160), (160, 160)])
+def test_overlap_add_equals_fold(n_fft, hop):
+    """The enhancement head's overlap-add is ``F.fold`` (col2im) done by shifted additions."""
+    model = make_model(tasks=["se"], n_fft=n_fft, hop_length=hop, win_length=n_fft)
+    chunks = torch.randn(3, 11, n_fft, dtype=torch.float64, requires_grad=True)
+    length = 10 * hop + n_fft
+    expected = torch.nn.functional.fold(
+        chunks.transpose(1, 2), output_size=(1, length), kernel_size=(1, n_fft), stride=(1, hop)
+    ).reshape(3, length)
+    actual = model.se_head.overlap_add(chunks)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
+    weights = torch.randn_like(expected)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), chunks)
+    (grad_actual,) = torch.autograd.grad((actual * weights).sum(), chunks)
+    torch.testing.assert_close(grad_actual, grad_expected, rtol=0, atol=1e-12)
+
+
 def test_class_weights_change_the_loss():
     x, mask = make_batch()
     labels = torch.tensor([0, 1])

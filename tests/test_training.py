@@ -387,6 +387,31 @@ def test_stage_one_trains_merit_layers_on_a_frozen_backbone(tiny_corpus, tmp_pat
         training.parse_args(["--backbone_learning_rate_factor", "0"])
 
 
+@pytest.mark.parametrize("factor", [1.0, 20.0])
+def test_layer_weights_train_at_their_own_learning_rate(tiny_corpus, tmp_path, factor):
+    """AdamW's first step moves every parameter with a gradient by about its learning rate:
+    the layer-weighting logits by ``factor`` x 1e-3, the other MERIT layers by 1e-3."""
+    out = tmp_path / "run"
+    argv = ["--dataset", str(tiny_corpus), "--max_steps", "1", "--seed", "3", *LOOP_ONLY, *TINY]
+    argv += ["--save_steps", "1", "--learning_rate", "1e-3", "--warmup_steps", "0"]
+    argv += ["--lr_scheduler_type", "constant", "--output_dir", str(out)]
+    argv += ["--layer_weights_learning_rate_factor", str(factor)]
+    snapshot = _Snapshot()
+    training.main(argv, callbacks=[snapshot])
+    after = _weights(out / "checkpoint-1")
+
+    def largest_move(keys: list[str]) -> float:
+        assert keys
+        return max((after[k] - snapshot.weights[k]).abs().max().item() for k in keys)
+
+    assert largest_move(["integration.layer_logits"]) == pytest.approx(factor * 1e-3, rel=0.02)
+    assert largest_move([k for k in after if k.startswith("mixture.")]) == pytest.approx(
+        1e-3, rel=0.02
+    )
+    with pytest.raises(SystemExit):
+        training.parse_args(["--layer_weights_learning_rate_factor", "0"])
+
+
 def _manifest(corpus: Path, tmp_path: Path, rename: dict[str, str] | None = None) -> Path:
     """The corpus as a CSV manifest with absolute paths, labels optionally renamed per split."""
     rows = list(csv.DictReader((corpus / "metadata.csv").open()))
