@@ -197,6 +197,13 @@ class ModelArguments:
         default=None, metadata={"help": "router z-loss weight (default 0.001; 0 in the preset)"}
     )
     se_sisdr_weight: float = field(default=0.0, metadata={"help": "weight of a -SI-SDR loss"})
+    se_passthrough_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of a loss on the clean training examples: the segmental SNR (dB) "
+            "the enhancer takes from speech that needed no enhancing"
+        },
+    )
     categorical_head: bool = field(
         default=True,
         metadata={
@@ -491,6 +498,7 @@ def build_model(
         se_loss_weight=model_args.se_loss_weight,
         **_routing_overrides(model_args),
         se_sisdr_weight=model_args.se_sisdr_weight,
+        se_passthrough_weight=model_args.se_passthrough_weight,
         categorical_head=model_args.categorical_head,
         dimension_names=list(dimension_names) if dimension_names else None,
         dimension_loss_weight=model_args.dimension_loss_weight,

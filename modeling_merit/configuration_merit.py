@@ -278,6 +278,12 @@ class MeritConfig(PretrainedConfig):
             reaches exactly 1 at moderate logits and clean speech can pass untouched.
         se_sisdr_weight (`float`, *optional*, defaults to 0.0):
             Weight of an extra negative SI-SDR loss on the enhanced waveform.
+        se_passthrough_weight (`float`, *optional*, defaults to 0.0):
+            Weight of a loss on training examples that are already clean (the input equals
+            its clean reference): the segmental SNR (dB) the enhancer takes from them, each
+            frame capped at 35 dB as in the evaluation. The spectral loss barely asks a mask
+            to pass clean speech through (a 0.9 gain costs ~0.001 per bin in compressed
+            magnitude, but 15 dB of segmental SNR).
         adapter_layers (`int`, *optional*, defaults to 0):
             Layers of the light WAP-Transformer adapter (Adapter with local attributes) placed
             on each task's weighted-average-pooled backbone representation, before the experts.
@@ -340,6 +346,7 @@ class MeritConfig(PretrainedConfig):
         mag_compression: float = 0.3,
         mask_ceiling: float = 1.0,
         se_sisdr_weight: float = 0.0,
+        se_passthrough_weight: float = 0.0,
         adapter_layers: int = 0,
         adapter_heads: int = 4,
         adapter_ffn_size: int = 512,
@@ -438,6 +445,9 @@ class MeritConfig(PretrainedConfig):
             raise ValueError(f"mask_ceiling must be >= 1, got {mask_ceiling}")
         self.mask_ceiling = mask_ceiling
         self.se_sisdr_weight = se_sisdr_weight
+        if se_passthrough_weight < 0:
+            raise ValueError(f"se_passthrough_weight must be >= 0, got {se_passthrough_weight}")
+        self.se_passthrough_weight = se_passthrough_weight
         self.adapter_layers = adapter_layers
         self.adapter_heads = adapter_heads
         self.adapter_ffn_size = adapter_ffn_size

@@ -19,6 +19,7 @@ sibling files (relative imports).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "concordance_correlation_loss",
     "load_balancing_loss",
     "negative_si_sdr",
+    "segmental_snr",
     "normalize_waveforms",
     "router_z_loss",
 ]
@@ -121,6 +123,37 @@ def negative_si_sdr(
     noise = estimate - target
     ratio = target.pow(2).sum(-1) / (noise.pow(2).sum(-1) + 1e-8)
     return -(10 * torch.log10(ratio + 1e-8)).mean()
+
+
+def segmental_snr(
+    estimate: torch.Tensor,
+    reference: torch.Tensor,
+    lengths: torch.Tensor,
+    frame: int = 480,
+    hop: int = 120,
+    min_db: float = -10.0,
+    max_db: float = 35.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segmental SNR (dB) per utterance, differentiable, with the evaluation's definition
+    (Loizou: 30 ms frames at 75 % overlap, MATLAB's ``hanning`` window, each frame's SNR
+    clipped to ``[min_db, max_db]``, the plain mean over ``floor((N - L) / H)`` frames).
+
+    Returns the values ``(B,)`` and which utterances have at least one frame. The clipping
+    makes it a hinge: a frame that already scores ``max_db`` gives no gradient.
+    """
+    if estimate.shape[-1] < frame:
+        zeros = estimate.new_zeros(estimate.shape[0])
+        return zeros, zeros.bool()
+    k = torch.arange(1, frame + 1, device=estimate.device, dtype=estimate.dtype)
+    window = 0.5 * (1 - torch.cos(2 * math.pi * k / (frame + 1)))
+    clean = reference.unfold(-1, frame, hop) * window  # B, frames, L
+    error = (reference - estimate).unfold(-1, frame, hop) * window
+    ratio = clean.pow(2).sum(-1) / (error.pow(2).sum(-1) + 1e-10) + 1e-10
+    snr = (10 * torch.log10(ratio)).clamp(min_db, max_db)
+    counts = torch.div(lengths - frame, hop, rounding_mode="floor").clamp_min(0)
+    valid = torch.arange(snr.shape[-1], device=snr.device)[None, :] < counts[:, None]
+    values = (snr * valid).sum(-1) / counts.clamp_min(1).to(snr.dtype)
+    return values, counts > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,7 +576,7 @@ class MeritModel(MeritPreTrainedModel):
             enhanced = enhanced * sample_mask
             if clean_values is not None:
                 se_loss = self.enhancement_loss(
-                    enhanced, enhanced_mag, clean_values, lengths, scale
+                    enhanced, enhanced_mag, clean_values, lengths, scale, input_values
                 )
         # 4. Total loss: weighted task losses plus the routers' auxiliary losses.
         aux_losses = [m.aux_loss for m in mixtures.values() if m.aux_loss is not None]
@@ -592,8 +625,11 @@ class MeritModel(MeritPreTrainedModel):
         clean_values: torch.Tensor,
         lengths: torch.Tensor,
         scale: torch.Tensor,
+        input_values: torch.Tensor,
     ) -> torch.Tensor:
-        """The SE head's spectral loss, plus ``se_sisdr_weight`` x negative SI-SDR."""
+        """The SE head's spectral loss, plus ``se_sisdr_weight`` x negative SI-SDR, plus
+        ``se_passthrough_weight`` x the dB of segmental SNR the enhancer takes from examples
+        that are already clean (the input is its own clean reference)."""
         sample_mask = length_mask(lengths, clean_values.shape[-1]).to(clean_values.dtype)
         clean = clean_values * sample_mask
         loss = self.se_head.loss(enhanced_magnitude, clean, lengths, scale)
@@ -601,6 +637,17 @@ class MeritModel(MeritPreTrainedModel):
             loss = loss + self.config.se_sisdr_weight * negative_si_sdr(
                 enhanced, clean, sample_mask
             )
+        if self.config.se_passthrough_weight > 0:
+            already_clean = ((input_values - clean_values) * sample_mask).abs().amax(-1) == 0
+            if already_clean.any():
+                ssnr, scored = segmental_snr(
+                    enhanced[already_clean].float(),
+                    clean[already_clean].float(),
+                    lengths[already_clean],
+                )
+                if scored.any():
+                    cost = (35.0 - ssnr[scored]).mean()
+                    loss = loss + self.config.se_passthrough_weight * cost
         return loss
 
 

@@ -147,6 +147,49 @@ def test_overlap_add_equals_fold(n_fft, hop):
     torch.testing.assert_close(grad_actual, grad_expected, rtol=0, atol=1e-12)
 
 
+def test_segmental_snr_loss_matches_the_evaluation_metric():
+    """The differentiable segmental SNR equals ``merit.metrics.segmental_snr`` per utterance
+    of a padded batch (frames past each utterance's end not counted)."""
+    from merit.metrics import segmental_snr as metric_ssnr
+    from modeling_merit.modeling_merit import segmental_snr
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([8000, 5123])
+    clean = torch.randn(2, 8000, generator=gen, dtype=torch.float64) * 0.1
+    estimate = clean + torch.randn(2, 8000, generator=gen, dtype=torch.float64) * 0.02
+    estimate[1, :1000] = clean[1, :1000]  # a stretch above the 35 dB cap
+    values, scored = segmental_snr(estimate, clean, lengths)
+    assert scored.all()
+    for i, n in enumerate(lengths.tolist()):
+        expected = metric_ssnr(clean[i, :n].numpy(), estimate[i, :n].numpy())
+        assert values[i].item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_passthrough_loss_charges_what_the_mask_takes_from_clean_examples():
+    """``se_passthrough_weight`` adds 35 dB minus the enhanced clean example's segmental SNR
+    (the evaluation's metric) for examples whose input is their clean reference, and nothing
+    for noisy ones; its gradient raises the mask."""
+    from merit.metrics import segmental_snr as metric_ssnr
+
+    x, _ = make_batch(lengths=(8000,))
+    noisy = x + 0.05 * torch.randn_like(x)
+    losses = {}
+    for weight in (0.0, 1.0):
+        model = make_model(tasks=["se"], se_passthrough_weight=weight).eval()
+        torch.nn.init.constant_(model.se_head.mask_out.bias, 0.0)  # mask ~ 0.5: costs clean
+        clean_out = model(x, clean_values=x)
+        losses[weight] = (clean_out.se_loss, model(noisy, clean_values=x).se_loss)
+    enhanced = clean_out.enhanced_waveform[0].detach().numpy()
+    cost = 35.0 - metric_ssnr(x[0].numpy(), enhanced)
+    assert cost > 5
+    assert (losses[1.0][0] - losses[0.0][0]).item() == pytest.approx(cost, rel=1e-4)
+    assert losses[1.0][1].item() == pytest.approx(losses[0.0][1].item())  # noisy: unchanged
+    losses[1.0][0].backward()
+    assert model.se_head.mask_out.bias.grad.sum() < 0  # descending raises the mask
+    with pytest.raises(ValueError, match="se_passthrough_weight"):
+        make_config(se_passthrough_weight=-1.0)
+
+
 def test_class_weights_change_the_loss():
     x, mask = make_batch()
     labels = torch.tensor([0, 1])
