@@ -82,7 +82,7 @@ CANDIDATES: dict[str, list[str]] = {
     # enhancer takes from them, the evaluation's metric) at the default's 10 % clean examples.
     **{
         f"two-stage-x0.1-passthrough{weight}": _two_stage("0.1", "--se_passthrough_weight", weight)
-        for weight in ("0.01", "0.05")
+        for weight in ("0.01", "0.001", "0.003")
     },
 }
 
