@@ -7,7 +7,13 @@ enhancer's segmental SNR on the *clean* validation utterances (against the untou
 the noisy set cannot show what enhancing costs clean speech), and the wall time. Candidates:
 the authors' two stages (backbone frozen first, then trained at a fraction of the learning
 rate) against a frozen backbone throughout, whole utterances against 1-second crops, and more
-clean / high-SNR training examples.
+clean / high-SNR training examples, waveform-level losses.
+
+The rule that picks the default (README, "The default recipe"): the best noisy validation F1
+among candidates whose enhancer costs at most 3 dB of segmental SNR on clean validation speech
+and whose noisy validation SSNR is within 0.5 dB of two-stage-x0.1's (the SSNR condition was
+added on 2026-12-02, after x0.01 pass-through halved the enhancement and before x0.001 and
+x0.003 ran); when none meets both, the best noisy F1 among those meeting the first.
 
     OMP_NUM_THREADS=2 python benchmarks/recipe_search.py [--steps 300] [--only NAME ...]
 
