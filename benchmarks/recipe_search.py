@@ -148,6 +148,37 @@ def run(name: str, extra: list[str], steps: int, batch: int, out: Path) -> dict:
     }
 
 
+#: The rule's reference run and limits (module docstring).
+REFERENCE = "two-stage-x0.1"
+MAX_CLEAN_COST_DB = 3.0
+MAX_SSNR_LOSS_DB = 0.5
+
+
+def pick(rows: list[dict]) -> tuple[str, str]:
+    """The rule's pick among ``rows`` and which branch of the rule chose it."""
+
+    def clean_cost(r: dict) -> float:
+        return r["val_clean_input_ssnr"] - r["val_clean_ssnr"]
+
+    reference = next((r for r in rows if r["name"] == REFERENCE), None)
+    if reference is None:
+        raise ValueError(f"the rule compares with {REFERENCE!r}, which is not among the rows")
+    cheap = [r for r in rows if clean_cost(r) <= MAX_CLEAN_COST_DB]
+    both = [r for r in cheap if r["val_ssnr"] >= reference["val_ssnr"] - MAX_SSNR_LOSS_DB]
+    for pool, why in (
+        (
+            both,
+            f"clean cost <= {MAX_CLEAN_COST_DB:g} dB and noisy SSNR within "
+            f"{MAX_SSNR_LOSS_DB:g} dB of {REFERENCE}",
+        ),
+        (cheap, f"clean cost <= {MAX_CLEAN_COST_DB:g} dB (none keeps the noisy SSNR)"),
+        (rows, "no candidate costs <= 3 dB on clean"),
+    ):
+        if pool:
+            return max(pool, key=lambda r: r["val_f1_macro"])["name"], why
+    raise AssertionError("unreachable: the reference row is in the last pool")
+
+
 def clean_validation(checkpoint: Path) -> dict[str, float]:
     """The validation speakers *clean*: emotion F1 and what the enhancer costs on clean input
     (segmental SNR of the enhanced clean speech; the untouched input scores the metric's cap).
@@ -205,6 +236,8 @@ def main() -> None:
             + ("earlier run" if r["seconds"] is None else f"{r['seconds']:.0f}")
             + " |"
         )
+    choice, why = pick(rows)
+    lines += ["", f"The rule picks **{choice}** (best noisy validation F1 among: {why})."]
     print("\n".join(lines))
     write_report(RESULTS / "recipe_search.md", lines)
 
