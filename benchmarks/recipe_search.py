@@ -204,8 +204,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "recipe-search")
+    parser.add_argument(
+        "--report", action="store_true", help="rewrite the report from the JSON, train nothing"
+    )
     args = parser.parse_args()
-    names = args.only or list(CANDIDATES)
+    names = [] if args.report else args.only or list(CANDIDATES)
     RESULTS.mkdir(parents=True, exist_ok=True)
     table = RESULTS / "recipe_search.json"
     # Rows of candidates not run this time are kept from earlier invocations (their runs may
@@ -213,15 +216,17 @@ def main() -> None:
     kept = {r["name"]: r for r in json.loads(table.read_text())} if table.is_file() else {}
     for name in names:
         kept[name] = run(name, CANDIDATES[name], args.steps, args.batch, args.out)
-        rows = [kept[n] for n in CANDIDATES if n in kept]
-        table.write_text(json.dumps(rows, indent=2) + "\n")
+        ordered = [kept[n] for n in CANDIDATES if n in kept]
+        table.write_text(json.dumps(ordered, indent=2) + "\n")
+    rows = [kept[n] for n in CANDIDATES if n in kept]
     lines = [
         "# Recipe search on the validation split (Whisper tiny.en, Sparse MERIT)",
         "",
         "`python benchmarks/recipe_search.py [--only NAME ...]` (batch "
         f"{args.batch}, the steps each row says; validation = 240 utterances of 3 held-out "
         "speakers, seen noise at -5/0/5/10 dB; the test split is not touched). Rows from "
-        f"earlier invocations are kept; this one ran: `{' '.join(sys.argv[1:]) or 'all'}`.",
+        f"earlier invocations are kept; this report was written by "
+        f"`{' '.join(['python', 'benchmarks/recipe_search.py', *sys.argv[1:]])}`.",
         "",
         "| candidate | extra flags | steps | best val F1-macro (step) | val SSNR (dB) | F1 by step "
         "| clean val F1 | clean val SSNR (input) | wall (s) |",

@@ -198,10 +198,11 @@ class ModelArguments:
     )
     se_sisdr_weight: float = field(default=0.0, metadata={"help": "weight of a -SI-SDR loss"})
     se_passthrough_weight: float = field(
-        default=0.0,
+        default=0.01,
         metadata={
             "help": "weight of a loss on the clean training examples: the segmental SNR (dB) "
-            "the enhancer takes from speech that needed no enhancing"
+            "the enhancer takes from speech that needed no enhancing (chosen on validation: "
+            "benchmarks/results/recipe_search.md; 0 turns it off)"
         },
     )
     categorical_head: bool = field(
