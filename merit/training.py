@@ -1119,7 +1119,36 @@ def training_details(
         f"{torch.__version__}, datasets {datasets_lib.__version__}, accelerate "
         f"{accelerate.__version__}",
     }
+    config = getattr(trainer.model, "config", None)
+    if getattr(config, "model_type", None) == "merit":
+        details["Losses"] = merit_loss_text(config)
     return details
+
+
+def merit_loss_text(config: Any) -> str:
+    """The loss a MERIT model trained with, term by term with its weight."""
+    terms = []
+    if "ser" in config.tasks and config.has_emotion_head:
+        weighted = " (class-weighted)" if config.class_weights else ""
+        terms.append(f"emotion cross-entropy{weighted} x {config.ser_loss_weight:g}")
+    if "ser" in config.tasks and config.dimension_names:
+        terms.append(f"dimensions 1 - CCC x {config.dimension_loss_weight:g}")
+    if "se" in config.tasks:
+        se = [f"compressed-magnitude MSE x {config.se_loss_weight:g}"]
+        if config.se_sisdr_weight:
+            se.append(f"negative SI-SDR x {config.se_sisdr_weight:g}")
+        if config.se_passthrough_weight:
+            se.append(
+                f"pass-through (35 dB minus the segmental SNR of enhanced clean examples) "
+                f"x {config.se_passthrough_weight:g}"
+            )
+        terms.append("enhancement: " + ", ".join(se))
+    if config.load_balance_coef or config.router_z_loss_coef:
+        terms.append(
+            f"routers: load balancing x {config.load_balance_coef:g}, z-loss x "
+            f"{config.router_z_loss_coef:g}"
+        )
+    return "; ".join(terms)
 
 
 def _evaluate_test(

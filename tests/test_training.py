@@ -261,6 +261,11 @@ def test_two_step_run_saves_a_complete_loadable_folder(tiny_corpus, tmp_path):
     assert "- **Effective batch:** 2 utterances (2 per device x 1 accumulation" in procedure
     assert f"`{best.name}` (f1_macro = {results['best_validation_metric']:.4f})" in procedure
     assert "random 1 s crops" in procedure
+    assert (
+        "- **Losses:** emotion cross-entropy x 1; enhancement: compressed-magnitude MSE x 1, "
+        "pass-through (35 dB minus the segmental SNR of enhanced clean examples) x 0.01; "
+        "routers: load balancing x 0.01, z-loss x 0.001"
+    ) in procedure
     seen_types = "white, pink, babble, hum"
     assert all(t in procedure for t in seen_types.split(", "))
     assert f"transformers {transformers.__version__}" in procedure
@@ -780,3 +785,18 @@ def test_smoke_mode_shrinks_every_stage_and_keeps_its_own_folder():
     assert (data_args.max_eval_samples, data_args.max_test_samples) == (24, 24)
     assert data_args.eval_snrs == [0.0] and args.output_dir == "outputs/smoke-sparse"
     assert parse_args(["--smoke", "True", "--output_dir", "x"])[2].output_dir == "x"
+
+
+def test_card_names_every_loss_term_with_its_weight():
+    from modeling_merit import minimal_merit_config
+
+    dims_only = minimal_merit_config(
+        dimension_names=["arousal", "valence"], categorical_head=False, se_sisdr_weight=0.01
+    )
+    assert training.merit_loss_text(dims_only) == (
+        "dimensions 1 - CCC x 1; enhancement: compressed-magnitude MSE x 1, negative SI-SDR "
+        f"x 0.01; routers: load balancing x {dims_only.load_balance_coef:g}, z-loss x "
+        f"{dims_only.router_z_loss_coef:g}"
+    )
+    se_only = minimal_merit_config(tasks=["se"], load_balance_coef=0.0, router_z_loss_coef=0.0)
+    assert training.merit_loss_text(se_only) == "enhancement: compressed-magnitude MSE x 1"
