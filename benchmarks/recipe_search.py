@@ -172,7 +172,7 @@ def pick(rows: list[dict]) -> tuple[str, str]:
             f"{MAX_SSNR_LOSS_DB:g} dB of {REFERENCE}",
         ),
         (cheap, f"clean cost <= {MAX_CLEAN_COST_DB:g} dB (none keeps the noisy SSNR)"),
-        (rows, "no candidate costs <= 3 dB on clean"),
+        (rows, f"no candidate costs <= {MAX_CLEAN_COST_DB:g} dB on clean"),
     ):
         if pool:
             return max(pool, key=lambda r: r["val_f1_macro"])["name"], why
@@ -198,6 +198,11 @@ def clean_validation(checkpoint: Path) -> dict[str, float]:
     }
 
 
+def _in_order(rows: dict[str, dict]) -> list[dict]:
+    """The rows in the candidates' order (rows of candidates no longer listed are dropped)."""
+    return [rows[name] for name in CANDIDATES if name in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -216,9 +221,8 @@ def main() -> None:
     kept = {r["name"]: r for r in json.loads(table.read_text())} if table.is_file() else {}
     for name in names:
         kept[name] = run(name, CANDIDATES[name], args.steps, args.batch, args.out)
-        ordered = [kept[n] for n in CANDIDATES if n in kept]
-        table.write_text(json.dumps(ordered, indent=2) + "\n")
-    rows = [kept[n] for n in CANDIDATES if n in kept]
+        table.write_text(json.dumps(_in_order(kept), indent=2) + "\n")
+    rows = _in_order(kept)
     lines = [
         "# Recipe search on the validation split (Whisper tiny.en, Sparse MERIT)",
         "",

@@ -80,6 +80,7 @@ from merit.runs import TINY_BACKBONE, RunTrainingArguments, parse_with_config, r
 from merit.whisper_ct2 import TINY_EN_HUB_ID, TINY_EN_NAME, resolve_pretrained_backbone
 from modeling_merit import MeritConfig, MeritFeatureExtractor, MeritModel, minimal_backbone_config
 from modeling_merit.configuration_merit import RELEASE_PRESET
+from modeling_merit.modeling_merit import SSNR_CAP_DB
 
 __all__ = [
     "MeritTrainer",
@@ -1139,7 +1140,8 @@ def merit_loss_text(config: Any) -> str:
             se.append(f"negative SI-SDR x {config.se_sisdr_weight:g}")
         if config.se_passthrough_weight:
             se.append(
-                f"pass-through (35 dB minus the segmental SNR of enhanced clean examples) "
+                f"pass-through ({SSNR_CAP_DB:g} dB minus the segmental SNR of enhanced clean "
+                "examples) "
                 f"x {config.se_passthrough_weight:g}"
             )
         terms.append("enhancement: " + ", ".join(se))

@@ -46,6 +46,7 @@ __all__ = [
     "load_balancing_loss",
     "negative_si_sdr",
     "segmental_snr",
+    "SSNR_CAP_DB",
     "normalize_waveforms",
     "router_z_loss",
 ]
@@ -125,6 +126,10 @@ def negative_si_sdr(
     return -(10 * torch.log10(ratio + 1e-8)).mean()
 
 
+#: The segmental SNR a frame can score at most (the evaluation's cap): a perfect estimate.
+SSNR_CAP_DB = 35.0
+
+
 def segmental_snr(
     estimate: torch.Tensor,
     reference: torch.Tensor,
@@ -132,7 +137,7 @@ def segmental_snr(
     frame: int = 480,
     hop: int = 120,
     min_db: float = -10.0,
-    max_db: float = 35.0,
+    max_db: float = SSNR_CAP_DB,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Segmental SNR (dB) per utterance, differentiable, with the evaluation's definition
     (Loizou: 30 ms frames at 75 % overlap, MATLAB's ``hanning`` window, each frame's SNR
@@ -646,7 +651,7 @@ class MeritModel(MeritPreTrainedModel):
                     lengths[already_clean],
                 )
                 if scored.any():
-                    cost = (35.0 - ssnr[scored]).mean()
+                    cost = (SSNR_CAP_DB - ssnr[scored]).mean()
                     loss = loss + self.config.se_passthrough_weight * cost
         return loss
 
