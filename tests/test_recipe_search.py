@@ -43,3 +43,24 @@ def test_falls_back_to_the_clean_cost_alone_then_to_f1():
     assert recipe_search.pick(rows)[0] == "two-stage-x0.1"
     with pytest.raises(ValueError, match="two-stage-x0.1"):
         recipe_search.pick([_row("no-reference", 0.7, 3.0, 29.0)])
+
+
+def test_candidates_with_their_own_length_are_candidates_and_train_that_long(tmp_path, monkeypatch):
+    """A name in LENGTHS that is no candidate would be silently trained for --steps."""
+    assert set(recipe_search.LENGTHS) <= set(recipe_search.CANDIDATES)
+    commands = []
+
+    def fake_train(command, check, cwd):
+        commands.append(command)
+        raise RuntimeError("stop after the command is built")
+
+    monkeypatch.setattr(recipe_search.subprocess, "run", fake_train)
+    name = next(iter(recipe_search.LENGTHS))
+    monkeypatch.setattr(sys, "argv", ["recipe_search.py", "--only", name, "--out", str(tmp_path)])
+    monkeypatch.setattr(recipe_search, "RESULTS", tmp_path / "results")
+    with pytest.raises(RuntimeError, match="stop after"):
+        recipe_search.main()
+    command = commands[0]
+    steps = recipe_search.LENGTHS[name]
+    assert command[command.index("--max_steps") + 1] == str(steps)
+    assert command[command.index("--backbone_frozen_steps") + 1] == str(steps // 3)
