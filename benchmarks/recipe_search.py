@@ -99,7 +99,7 @@ CANDIDATES: dict[str, list[str]] = {
     },
     # Added 2026-12-02 (third session): every run above still gains F1 at its last evaluation,
     # so the chosen recipe at the default's length and at a longer one that still fits the
-    # issue's 15-minute training budget on 2 cores (see STEPS).
+    # issue's 15-minute training budget on 2 cores (see LENGTHS).
     **{
         f"{PASSTHROUGH}-{steps}steps": _two_stage("0.1", "--se_passthrough_weight", "0.01")
         for steps in (450, 600)
