@@ -40,11 +40,12 @@ def _model(top_k: int) -> MeritModel:
 
 def test_each_extra_routed_expert_adds_its_two_matmuls_per_frame_and_task():
     x = torch.randn(1, 16000) * 0.1
-    one, two = speed.flop_ratio(_model(1), x), speed.flop_ratio(_model(2), x)
+    top1 = _model(1)
+    one, two = speed.flop_ratio(top1, x), speed.flop_ratio(_model(2), x)
     assert one["encoder_flops"] == two["encoder_flops"] > 0
     assert two["flops_ratio"] == pytest.approx(two["sparse_flops"] / two["encoder_flops"])
     assert one["flops_ratio"] > 1.0
-    frames = int(_model(1).frame_lengths(torch.tensor([x.shape[-1]]))[0])
+    frames = int(top1.frame_lengths(torch.tensor([x.shape[-1]]))[0])
     tasks, h, e = 2, 16, 24
     # fc_in (h -> e) and fc_out (e -> h), 2 operations per multiply-add, for every frame of
     # each task's routing: the second expert per frame is exactly this much more work.
