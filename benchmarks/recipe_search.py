@@ -59,6 +59,12 @@ LONGER: dict[str, tuple[int, tuple[str, ...]]] = {
     f"{PASSTHROUGH}-450steps": (450, ()),
     f"{PASSTHROUGH}-600steps": (600, ()),
     f"{PASSTHROUGH}-600steps-lr0.002": (600, ("--learning_rate", "0.002")),
+    # Added 2026-12-02 for the speed target: MERIT layers 128 / 256 wide instead of 256 / 512
+    # add about a third of the operations on Whisper tiny (benchmarks/speed.py).
+    f"{PASSTHROUGH}-600steps-lr0.002-narrow": (
+        600,
+        ("--learning_rate", "0.002", "--hidden_size", "128", "--expert_hidden_size", "256"),
+    ),
 }
 #: Candidates trained for their own number of steps instead of ``--steps``.
 LENGTHS: dict[str, int] = {name: steps for name, (steps, _) in LONGER.items()}
