@@ -223,9 +223,12 @@ def flop_ratio(model: MeritModel, x: torch.Tensor) -> dict[str, float]:
     return {**counts, "flops_ratio": counts["sparse_flops"] / counts["encoder_flops"]}
 
 
-def whisper_ratios(repeats: int, seconds: float, batch: int = 1) -> dict[str, dict[str, float]]:
+def whisper_ratios(
+    repeats: int, seconds: float, batch: int = 1, merit_sizes: dict[str, int] | None = None
+) -> dict[str, dict[str, float]]:
     """Sparse MERIT on Whisper tiny / base against the encoder alone, timed round-robin, with
-    the operation-count ratio beside the time ratio."""
+    the operation-count ratio beside the time ratio. ``merit_sizes`` (default: the default
+    run's, :data:`WHISPER_MERIT_SIZES`) lets a narrower or wider MERIT be timed the same way."""
     from transformers import WhisperConfig
 
     out = {}
@@ -234,7 +237,7 @@ def whisper_ratios(repeats: int, seconds: float, batch: int = 1) -> dict[str, di
         torch.manual_seed(0)
         config = MeritConfig(
             backbone_config=WhisperConfig(num_mel_bins=80, decoder_layers=1, **dims),
-            **WHISPER_MERIT_SIZES,
+            **(WHISPER_MERIT_SIZES if merit_sizes is None else merit_sizes),
         )
         model = MeritModel(config).eval()
         times = time_interleaved({"encoder": EncoderFloor(model), "sparse": model}, x, repeats)
