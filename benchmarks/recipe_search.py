@@ -65,6 +65,16 @@ LONGER: dict[str, tuple[int, tuple[str, ...]]] = {
         600,
         ("--learning_rate", "0.002", "--hidden_size", "128", "--expert_hidden_size", "256"),
     ),
+    # Added 2026-12-02 (fifth session): validation speakers score 15 F1 points above the test
+    # speakers, so speaker variety is what the 14 training voices lack; speed perturbation
+    # (pitch, formants and rate moved together) makes new voices out of them.
+    **{
+        f"{PASSTHROUGH}-600steps-lr0.002-speed{low}-{high}": (
+            600,
+            ("--learning_rate", "0.002", "--speed_range", low, high),
+        )
+        for low, high in (("0.9", "1.1"), ("0.95", "1.05"))
+    },
 }
 #: Candidates trained for their own number of steps instead of ``--steps``.
 LENGTHS: dict[str, int] = {name: steps for name, (steps, _) in LONGER.items()}

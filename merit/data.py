@@ -48,6 +48,7 @@ __all__ = [
     "NoiseFile",
     "NoisyMixer",
     "build_eval_sets",
+    "change_speed",
     "check_labels",
     "load_speech_dataset",
     "mix_at_snr",
@@ -704,6 +705,22 @@ def _fit_length(signal: np.ndarray, length: int, offset: int = 0) -> np.ndarray:
     return signal[(offset + np.arange(length)) % len(signal)]
 
 
+def change_speed(signal: np.ndarray, factor: float, sampling_rate: int = 16000) -> np.ndarray:
+    """Play ``signal`` ``factor`` times faster (pitch and formants up by the same factor).
+
+    ``factor`` is rounded to 0.01: ``torchaudio.functional.speed`` resamples by the ratio of
+    ``sampling_rate`` to ``sampling_rate * factor``, and an arbitrary factor gives a ratio of
+    large coprime integers and a resampling kernel as large. 1.0 returns the input unchanged.
+    """
+    factor = round(float(factor), 2)
+    if not 0.5 <= factor <= 2.0:
+        raise ValueError(f"speed factor must be in [0.5, 2], got {factor}")
+    if factor == 1.0:
+        return signal
+    fast, _ = AF.speed(torch.from_numpy(np.asarray(signal, np.float32)), sampling_rate, factor)
+    return fast.numpy()
+
+
 def mix_at_snr(
     clean: np.ndarray | torch.Tensor, noise: np.ndarray | torch.Tensor, snr_db: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -768,6 +785,12 @@ class NoisyMixer:
     ``label`` (id, when ``label2id`` is given), ``snr`` (``inf`` for clean examples),
     ``noise_type`` (``"clean"`` for clean examples) and ``dimensions`` when the input has them.
 
+    ``speed_range`` turns on speed perturbation (Ko et al., 2015) before cropping and mixing:
+    each utterance is resampled by a factor drawn uniformly from the range (on a 0.01 grid, which
+    keeps ``torchaudio.functional.speed``'s resampling kernels small), which moves pitch,
+    formants and rate together, as a different vocal tract and speaking habit would. Noise is
+    not perturbed, and the SE target is the perturbed clean signal.
+
     Randomness comes from torch's global generator (one draw per call seeds a numpy generator):
     ``transformers.set_seed``/``torch.manual_seed`` make it reproducible, and DataLoader
     workers, which torch seeds differently, do not repeat each other's noise.
@@ -781,6 +804,7 @@ class NoisyMixer:
         snr_range: tuple[float, float] = (-5.0, 20.0),
         clean_prob: float = 0.1,
         max_seconds: float | None = None,
+        speed_range: tuple[float, float] | None = None,
         sampling_rate: int = 16000,
     ) -> None:
         low, high = (float(v) for v in snr_range)
@@ -790,6 +814,16 @@ class NoisyMixer:
             raise ValueError(f"clean_prob must be in [0, 1], got {clean_prob}")
         if max_seconds is not None and max_seconds <= 0:
             raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+        if speed_range is not None:
+            if len(speed_range) != 2:
+                raise ValueError(f"speed_range must be (low, high), got {speed_range}")
+            speed_range = (float(speed_range[0]), float(speed_range[1]))
+            if not (0.5 <= speed_range[0] <= speed_range[1] <= 2.0):
+                raise ValueError(
+                    f"speed_range must be (low, high) with 0.5 <= low <= high <= 2, got "
+                    f"{speed_range}"
+                )
+        self.speed_range = speed_range
         self.noise_bank = noise_bank
         self.label2id = label2id
         self.snr_range = (low, high)
@@ -813,6 +847,8 @@ class NoisyMixer:
     def mix_example(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """Read, crop and corrupt one example with the given generator."""
         clean = load_audio(example["audio"], self.sampling_rate)
+        if self.speed_range is not None:
+            clean = change_speed(clean, rng.uniform(*self.speed_range), self.sampling_rate)
         if self.max_samples is not None and len(clean) > self.max_samples:
             start = int(rng.integers(len(clean) - self.max_samples + 1))
             clean = clean[start : start + self.max_samples]

@@ -137,6 +137,13 @@ class DataArguments:
             "(emotion in rate, pitch range and loudness lives over the whole utterance)"
         },
     )
+    speed_range: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "speed perturbation of training utterances: a factor drawn uniformly from "
+            "[low, high] per example (e.g. 0.9 1.1); default: off"
+        },
+    )
     eval_snrs: list[float] = field(
         default_factory=lambda: [-5.0, 0.0, 5.0, 10.0],
         metadata={

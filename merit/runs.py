@@ -136,6 +136,7 @@ def load_noisy_training_data(data_args: DataArguments, *, labelled: bool) -> Noi
         snr_range=tuple(data_args.snr_range),
         clean_prob=data_args.clean_prob,
         max_seconds=data_args.max_train_seconds,
+        speed_range=None if data_args.speed_range is None else tuple(data_args.speed_range),
     )
     return NoisyTrainingData(
         prepared.train.with_transform(mixer), prepared.label_names, prepared, seen, unseen

@@ -955,6 +955,7 @@ def main(
         snr_range=tuple(data_args.snr_range),
         clean_prob=data_args.clean_prob,
         max_seconds=data_args.max_train_seconds,
+        speed_range=None if data_args.speed_range is None else tuple(data_args.speed_range),
     )
     train_dataset = NoisyTrainingSet(prepared.train, mixer, seed=training_args.seed)
     eval_dataset = validation_dataset(prepared, seen, data_args, label2id, training_args)
@@ -1112,7 +1113,13 @@ def training_details(
         else f"one stage, backbone at {factor:g} x the learning rate",
         "Kept model": kept_text,
         "Precision": precision,
-        "Training audio": "whole utterances" if crop is None else f"random {crop:g} s crops",
+        "Training audio": ("whole utterances" if crop is None else f"random {crop:g} s crops")
+        + (
+            ""
+            if data_args.speed_range is None
+            else f", speed perturbation x{data_args.speed_range[0]:g}-"
+            f"{data_args.speed_range[1]:g}"
+        ),
         "Training noise": f"{', '.join(seen.noise_types)} at SNR uniform in "
         f"[{data_args.snr_range[0]:g}, {data_args.snr_range[1]:g}] dB, "
         f"{100 * data_args.clean_prob:g} % clean examples",

@@ -32,6 +32,7 @@ from merit.data import (
     NoiseBank,
     NoisyMixer,
     build_eval_sets,
+    change_speed,
     check_labels,
     load_speech_dataset,
     mix_at_snr,
@@ -681,6 +682,38 @@ def test_noisy_mixer_clean_prob_and_unknown_labels(corpus, noise_dir):
         NoisyMixer(bank, {"angry": 0})([split[i] for i in range(len(split))])
     with pytest.raises(ValueError, match="snr_range"):
         NoisyMixer(bank, snr_range=(10, -5))
+
+
+def test_change_speed_moves_pitch_and_duration_together():
+    sr = 16000
+    t = np.arange(sr) / sr
+    tone = (0.5 * np.sin(2 * np.pi * 200.0 * t)).astype(np.float32)
+    assert change_speed(tone, 1.0) is tone
+    for factor in (0.9, 1.1):
+        fast = change_speed(tone, factor + 0.003)  # rounded to the 0.01 grid
+        assert abs(len(fast) - sr / factor) <= 1
+        spectrum = np.abs(np.fft.rfft(fast[100:-100] * np.hanning(len(fast) - 200)))
+        peak_hz = np.argmax(spectrum) * sr / (len(fast) - 200)
+        assert abs(peak_hz - 200.0 * factor) < 2.0
+    with pytest.raises(ValueError, match="speed factor"):
+        change_speed(tone, 3.0)
+
+
+def test_noisy_mixer_speed_perturbation(corpus, noise_dir):
+    split = load_speech_dataset(str(corpus))["train"]
+    bank = NoiseBank.from_dir(noise_dir)
+    examples = [split[i] for i in range(6)]
+    lengths = [len(load_audio(example["audio"])) for example in examples]
+    torch.manual_seed(0)
+    out = NoisyMixer(bank, None, clean_prob=1.0, speed_range=(0.9, 1.1))(examples)
+    ratios = [n / len(o["input_values"]) for n, o in zip(lengths, out, strict=True)]
+    assert all(0.9 - 1e-3 <= r <= 1.1 + 1e-3 for r in ratios)
+    assert len({round(r, 2) for r in ratios}) > 1  # a factor per example, not per batch
+    for o in out:  # the SE target is the perturbed clean signal
+        np.testing.assert_array_equal(o["input_values"], o["clean_values"])
+    for bad in ((1.1, 0.9), (0.2, 1.0), (0.9, 1.0, 1.1)):
+        with pytest.raises(ValueError, match="speed_range"):
+            NoisyMixer(bank, speed_range=bad)
 
 
 def test_build_eval_sets_is_deterministic_and_order_independent(corpus, noise_dir):
