@@ -1097,7 +1097,7 @@ def training_details(
     frozen = getattr(args, "backbone_frozen_steps", 0) or 0
     factor = getattr(args, "backbone_learning_rate_factor", 1.0)
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    crop = data_args.max_train_seconds
+    crop, speed = data_args.max_train_seconds, data_args.speed_range
     details = {
         "Method": results.get("method", "merit"),
         "Optimizer steps": f"{results['global_step']} (seed {args.seed})",
@@ -1114,12 +1114,7 @@ def training_details(
         "Kept model": kept_text,
         "Precision": precision,
         "Training audio": ("whole utterances" if crop is None else f"random {crop:g} s crops")
-        + (
-            ""
-            if data_args.speed_range is None
-            else f", speed perturbation x{data_args.speed_range[0]:g}-"
-            f"{data_args.speed_range[1]:g}"
-        ),
+        + ("" if speed is None else f", speed perturbation x{speed[0]:g}-{speed[1]:g}"),
         "Training noise": f"{', '.join(seen.noise_types)} at SNR uniform in "
         f"[{data_args.snr_range[0]:g}, {data_args.snr_range[1]:g}] dB, "
         f"{100 * data_args.clean_prob:g} % clean examples",
