@@ -789,7 +789,8 @@ class NoisyMixer:
     each utterance is resampled by a factor drawn uniformly from the range (on a 0.01 grid, which
     keeps ``torchaudio.functional.speed``'s resampling kernels small), which moves pitch,
     formants and rate together, as a different vocal tract and speaking habit would. Noise is
-    not perturbed, and the SE target is the perturbed clean signal.
+    not perturbed, and the SE target is the perturbed clean signal. ``(1, 1)`` is the same as
+    ``None`` (no perturbation, and the same noise draws).
 
     Randomness comes from torch's global generator (one draw per call seeds a numpy generator):
     ``transformers.set_seed``/``torch.manual_seed`` make it reproducible, and DataLoader
@@ -823,6 +824,8 @@ class NoisyMixer:
                     f"speed_range must be (low, high) with 0.5 <= low <= high <= 2, got "
                     f"{speed_range}"
                 )
+            if speed_range == (1.0, 1.0):  # off: draws nothing, so the noise stream is as without
+                speed_range = None
         self.speed_range = speed_range
         self.noise_bank = noise_bank
         self.label2id = label2id

@@ -138,10 +138,11 @@ class DataArguments:
         },
     )
     speed_range: list[float] | None = field(
-        default=None,
+        default_factory=lambda: [0.9, 1.1],
         metadata={
             "help": "speed perturbation of training utterances: a factor drawn uniformly from "
-            "[low, high] per example (e.g. 0.9 1.1); default: off"
+            "[low, high] per example (chosen on validation: "
+            "benchmarks/results/recipe_search.md); 1 1 turns it off"
         },
     )
     eval_snrs: list[float] = field(

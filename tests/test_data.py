@@ -711,6 +711,14 @@ def test_noisy_mixer_speed_perturbation(corpus, noise_dir):
     assert len({round(r, 2) for r in ratios}) > 1  # a factor per example, not per batch
     for o in out:  # the SE target is the perturbed clean signal
         np.testing.assert_array_equal(o["input_values"], o["clean_values"])
+    # (1, 1) is off: the same examples as without perturbation, noise draws included.
+    noisy = [dict(e) for e in examples]
+    torch.manual_seed(1)
+    off = NoisyMixer(bank, None, clean_prob=0.0, speed_range=(1, 1))(noisy)
+    torch.manual_seed(1)
+    plain = NoisyMixer(bank, None, clean_prob=0.0)(noisy)
+    for a, b in zip(off, plain, strict=True):
+        np.testing.assert_array_equal(a["input_values"], b["input_values"])
     for bad in ((1.1, 0.9), (0.2, 1.0), (0.9, 1.0, 1.1)):
         with pytest.raises(ValueError, match="speed_range"):
             NoisyMixer(bank, speed_range=bad)
