@@ -420,6 +420,13 @@ class AdapterArguments:
     num_experts: int = field(default=8)
     router_top_k: int = field(default=2)
     expert_hidden_size: int = field(default=512)
+    se_passthrough_weight: float = field(
+        default=0.01,
+        metadata={
+            "help": "MERIT option: loss on clean examples, x the dB of segmental SNR the "
+            "enhancer takes from them (as train.py's default; 0 turns it off)"
+        },
+    )
     adapter_layers: int = field(default=2, metadata={"help": "Transformer layers of the adapter."})
     adapter_heads: int = field(default=4)
     adapter_ffn_size: int = field(default=512)
@@ -459,6 +466,7 @@ def build_adapter_model(args: AdapterArguments, label_names: list[str]) -> Merit
         num_experts=args.num_experts,
         router_top_k=args.router_top_k,
         expert_hidden_size=args.expert_hidden_size,
+        se_passthrough_weight=args.se_passthrough_weight if "se" in args.task_list() else 0.0,
         adapter_layers=args.adapter_layers,
         adapter_heads=args.adapter_heads,
         adapter_ffn_size=args.adapter_ffn_size,
