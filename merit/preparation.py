@@ -26,6 +26,7 @@ from datasets import Dataset, concatenate_datasets
 from merit.audio import AudioError, load_audio
 from merit.data import (
     NoiseBank,
+    NoisyMixer,
     build_eval_sets,
     check_labels,
     load_speech_dataset,
@@ -46,6 +47,7 @@ __all__ = [
     "load_noise_banks",
     "prepare_data",
     "frozen_test_sets",
+    "training_mixer",
     "validation_dataset",
     "validation_noise",
     "quiet_datasets",
@@ -218,6 +220,22 @@ def load_noise_banks(noise_dir: str | Path) -> tuple[NoiseBank, NoiseBank | None
     ``None`` for it, and the unseen columns are then left out."""
     seen = NoiseBank.from_dir(noise_dir, split="seen")
     return seen, NoiseBank.from_dir(noise_dir, split="unseen", required=False)
+
+
+def training_mixer(
+    data_args: DataArguments, noise_bank: NoiseBank, label2id: Mapping[str, int] | None
+) -> NoisyMixer:
+    """The on-the-fly noise (and speed) augmentation the data flags describe, the same for
+    every method that trains on noisy copies of the train split."""
+    speed = data_args.speed_range
+    return NoisyMixer(
+        noise_bank,
+        label2id,
+        snr_range=tuple(data_args.snr_range),
+        clean_prob=data_args.clean_prob,
+        max_seconds=data_args.max_train_seconds,
+        speed_range=None if speed is None else tuple(speed),
+    )
 
 
 def validation_noise(prepared: PreparedData, seen: NoiseBank) -> NoiseBank:

@@ -31,7 +31,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from merit.data import DataCollatorForMerit, NoiseBank, NoisyMixer
+from merit.data import DataCollatorForMerit, NoiseBank
 from modeling_merit import MeritModel, minimal_backbone_config
 from modeling_merit.backbones_merit import backbone_family
 from modeling_merit.configuration_merit import SUPPORTED_BACKBONES
@@ -127,17 +127,11 @@ def load_noisy_training_data(data_args: DataArguments, *, labelled: bool) -> Noi
     With ``labelled`` the examples carry label ids in label-name order; without, no labels
     (distillation and adapter pre-training are label-free). Pad with ``DataCollatorForMerit``.
     """
-    from merit.preparation import prepare_data
+    from merit.preparation import prepare_data, training_mixer
 
     prepared, seen, unseen = prepare_data(data_args)
-    mixer = NoisyMixer(
-        seen,
-        {name: i for i, name in enumerate(prepared.label_names)} if labelled else None,
-        snr_range=tuple(data_args.snr_range),
-        clean_prob=data_args.clean_prob,
-        max_seconds=data_args.max_train_seconds,
-        speed_range=None if data_args.speed_range is None else tuple(data_args.speed_range),
-    )
+    label2id = {name: i for i, name in enumerate(prepared.label_names)} if labelled else None
+    mixer = training_mixer(data_args, seen, label2id)
     return NoisyTrainingData(
         prepared.train.with_transform(mixer), prepared.label_names, prepared, seen, unseen
     )

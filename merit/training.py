@@ -74,6 +74,7 @@ from merit.preparation import (
     PreparedData,
     frozen_test_sets,
     prepare_data,
+    training_mixer,
     validation_dataset,
 )
 from merit.runs import TINY_BACKBONE, RunTrainingArguments, parse_with_config, resolve_checkpoint
@@ -241,7 +242,7 @@ class MeritTrainingArguments(RunTrainingArguments):
     The defaults are the default run's recipe: Sparse MERIT on the pretrained Whisper tiny.en
     encoder, two stages as the authors train (the encoder frozen for the first 250 steps, then
     trained at 0.1 x the learning rate), batches of 16 whole utterances, 750 steps at 2e-3:
-    about 12.5 minutes of training on 2 CPU cores. Chosen on the validation split
+    about 14 minutes of training on 2 CPU cores. Chosen on the validation split
     (``benchmarks/recipe_search.py``, ``benchmarks/results/recipe_search.md``): two stages at
     0.1 x beat a frozen encoder throughout and the authors' 0.5 x, whole utterances beat
     1-second crops, longer runs beat shorter ones (validation F1 still rose at the last
@@ -949,14 +950,7 @@ def main(
         dimension_names,
     )
 
-    mixer = NoisyMixer(
-        seen,
-        label2id,
-        snr_range=tuple(data_args.snr_range),
-        clean_prob=data_args.clean_prob,
-        max_seconds=data_args.max_train_seconds,
-        speed_range=None if data_args.speed_range is None else tuple(data_args.speed_range),
-    )
+    mixer = training_mixer(data_args, seen, label2id)
     train_dataset = NoisyTrainingSet(prepared.train, mixer, seed=training_args.seed)
     eval_dataset = validation_dataset(prepared, seen, data_args, label2id, training_args)
 

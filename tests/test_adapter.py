@@ -356,6 +356,7 @@ def test_main_pretrains_finetunes_and_resumes(micro_corpus, tmp_path):
     assert (out / "finetune" / "checkpoint-1").is_dir()
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert model.config.tasks == ["ser", "se"] and model.config.adapter_layers == 1
+    assert model.config.se_passthrough_weight == 0.01  # as train.py's default
     assert model.config.id2label == {0: "neutral", 1: "happy", 2: "sad", 3: "angry"}
     pretrained = AutoModel.from_pretrained(out / "pretrained", trust_remote_code=True)
     # Stage 2 trained on top of stage 1: the SER classifier moved, the encoder did not.
