@@ -64,3 +64,34 @@ def test_candidates_with_their_own_length_are_candidates_and_train_that_long(tmp
     steps = recipe_search.LENGTHS[name]
     assert command[command.index("--max_steps") + 1] == str(steps)
     assert command[command.index("--backbone_frozen_steps") + 1] == str(steps // 3)
+
+
+def test_rows_keep_the_defaults_they_were_measured_with(tmp_path, monkeypatch):
+    """A row's command parses to the settings it ran with when it was added, whatever
+    train.py's defaults are now: the pinned baseline first, the row's own flags winning."""
+    from merit.training import parse_args
+
+    commands = []
+
+    def fake_train(command, check, cwd):
+        commands.append(command)
+        raise RuntimeError("stop after the command is built")
+
+    monkeypatch.setattr(recipe_search.subprocess, "run", fake_train)
+    monkeypatch.setattr(recipe_search, "RESULTS", tmp_path / "results")
+    passthrough = recipe_search.PASSTHROUGH
+    expected = {  # name -> (learning rate, pass-through weight, speed range)
+        "two-stage-x0.1": (1e-3, 0.0, [1.0, 1.0]),
+        f"{passthrough}-600steps": (1e-3, 0.01, [1.0, 1.0]),
+        f"{passthrough}-600steps-lr0.002": (2e-3, 0.01, [1.0, 1.0]),
+        f"{passthrough}-750steps-lr0.002-speed0.9-1.1": (2e-3, 0.01, [0.9, 1.1]),
+    }
+    for name, (rate, weight, speed) in expected.items():
+        argv = ["recipe_search.py", "--only", name, "--out", str(tmp_path)]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(RuntimeError, match="stop after"):
+            recipe_search.main()
+        model_args, data_args, args = parse_args(commands[-1][2:])
+        assert args.learning_rate == rate, name
+        assert model_args.se_passthrough_weight == weight, name
+        assert data_args.speed_range == speed, name
