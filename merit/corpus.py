@@ -59,6 +59,7 @@ __all__ = [
     "SEEN_NOISES",
     "SENTENCES",
     "render_speech",
+    "speaker_habits",
     "SPLITS",
     "UNSEEN_NOISES",
     "EspeakEngine",
@@ -726,6 +727,24 @@ def _plan_speakers(seed: int, num_speakers: int) -> list[_Speaker]:
             )
         )
     return speakers
+
+
+def speaker_habits(seed: int, num_speakers: int) -> list[dict]:
+    """Each corpus speaker's voice, split and prosodic habits (the offsets added to every class
+    centre's pitch, rate and pitch range), as :func:`build_corpus` plans them for these
+    parameters (``corpus.json``'s ``params``): what makes one held-out speaker harder than
+    another, since a speaker whose habits are all low sounds "sadder" in every class."""
+    return [
+        {
+            "speaker": s.id,
+            "voice": s.voice.name,
+            "split": s.split,
+            "pitch_offset": s.pitch_offset,
+            "rate_offset": s.rate_offset,
+            "range_offset": s.range_offset,
+        }
+        for s in _plan_speakers(seed, num_speakers)
+    ]
 
 
 def _plan_sentences(seed: int, num_speakers: int, num_sentences: int, per_speaker: int):

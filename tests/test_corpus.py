@@ -148,6 +148,19 @@ def test_default_split_is_14_3_3_with_both_genders_held_out() -> None:
     assert {s.voice.gender for s in by_split["validation"]} == {"male", "female"}
 
 
+def test_speaker_habits_describe_the_built_corpus(tiny: Path) -> None:
+    info = json.loads((tiny / "corpus.json").read_text())
+    habits = corpus.speaker_habits(info["params"]["seed"], info["params"]["num_speakers"])
+    assert [(h["speaker"], h["voice"], h["split"]) for h in habits] == [
+        (s["speaker"], s["voice"], s["split"]) for s in info["speakers"]
+    ]
+    for h in habits:  # within the uniform half-widths, and not all zero
+        assert abs(h["pitch_offset"]) <= 10 and abs(h["rate_offset"]) <= 12
+        assert abs(h["range_offset"]) <= 8
+    assert len({round(h["rate_offset"], 3) for h in habits}) == len(habits)
+    assert corpus.speaker_habits(info["params"]["seed"], 6) == habits
+
+
 def test_noise_bank_layout_and_levels(tiny: Path) -> None:
     rows = _read_csv(tiny / "noise" / "noise.csv")
     assert list(rows[0]) == ["file_name", "noise_type", "split"]
