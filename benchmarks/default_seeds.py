@@ -9,7 +9,7 @@ deviation, with the unprocessed input's SSNR (the same frozen test sets for ever
 
     OMP_NUM_THREADS=2 python benchmarks/default_seeds.py [--seeds 42 1 2]
 
-About 11 minutes per seed trained on 2 cores. Writes
+About 15 minutes per seed trained on 2 cores (750 steps). Writes
 ``benchmarks/results/default_seeds.{md,json}``.
 """
 
