@@ -328,6 +328,21 @@ def run_adapter(
 # --------------------------------------------------------------------------------------------
 
 
+def training_data_text(data: DataArguments) -> str:
+    """The training augmentation every system here gets (the shared data defaults)."""
+    speed = data.speed_range
+    return (
+        f"Training data for every system: SNR uniform in [{data.snr_range[0]:g}, "
+        f"{data.snr_range[1]:g}] dB, {100 * data.clean_prob:g} % clean examples, "
+        + (
+            "no speed perturbation"
+            if speed is None
+            else f"speed perturbation x{speed[0]:g}-{speed[1]:g}"
+        )
+        + "."
+    )
+
+
 def speed_table(speed: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| Teacher -> student | Parameters | Ratio | Forward time (s) | Ratio | Input |",
@@ -364,7 +379,8 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
         "offline weights): the MLKD teacher hears clean speech, and the adapter and Sparse "
         "MERIT run on it. It has never seen this corpus's emotion labels. Budgets: "
         + ", ".join(f"{k}={v}" for k, v in asdict(budget).items())
-        + f"; seed {SEED}; linear schedule with 5 % warm-up; MERIT layers {SIZES}.",
+        + f"; seed {SEED}; linear schedule with 5 % warm-up; MERIT layers {SIZES}. "
+        + training_data_text(DataArguments()),
         "",
         "## MLKD: multi-level knowledge distillation",
         "",
