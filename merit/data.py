@@ -47,6 +47,7 @@ __all__ = [
     "NoiseBank",
     "NoiseFile",
     "NoisyMixer",
+    "SPEED_LIMITS",
     "build_eval_sets",
     "change_speed",
     "check_labels",
@@ -705,6 +706,10 @@ def _fit_length(signal: np.ndarray, length: int, offset: int = 0) -> np.ndarray:
     return signal[(offset + np.arange(length)) % len(signal)]
 
 
+#: Speed factors :func:`change_speed` (and so ``NoisyMixer(speed_range=...)``) accepts.
+SPEED_LIMITS = (0.5, 2.0)
+
+
 def change_speed(signal: np.ndarray, factor: float, sampling_rate: int = 16000) -> np.ndarray:
     """Play ``signal`` ``factor`` times faster (pitch and formants up by the same factor).
 
@@ -713,8 +718,9 @@ def change_speed(signal: np.ndarray, factor: float, sampling_rate: int = 16000) 
     large coprime integers and a resampling kernel as large. 1.0 returns the input unchanged.
     """
     factor = round(float(factor), 2)
-    if not 0.5 <= factor <= 2.0:
-        raise ValueError(f"speed factor must be in [0.5, 2], got {factor}")
+    low, high = SPEED_LIMITS
+    if not low <= factor <= high:
+        raise ValueError(f"speed factor must be in [{low:g}, {high:g}], got {factor}")
     if factor == 1.0:
         return signal
     fast, _ = AF.speed(torch.from_numpy(np.asarray(signal, np.float32)), sampling_rate, factor)
@@ -819,10 +825,11 @@ class NoisyMixer:
             if len(speed_range) != 2:
                 raise ValueError(f"speed_range must be (low, high), got {speed_range}")
             speed_range = (float(speed_range[0]), float(speed_range[1]))
-            if not (0.5 <= speed_range[0] <= speed_range[1] <= 2.0):
+            slowest, fastest = SPEED_LIMITS
+            if not (slowest <= speed_range[0] <= speed_range[1] <= fastest):
                 raise ValueError(
-                    f"speed_range must be (low, high) with 0.5 <= low <= high <= 2, got "
-                    f"{speed_range}"
+                    f"speed_range must be (low, high) with {slowest:g} <= low <= high <= "
+                    f"{fastest:g}, got {speed_range}"
                 )
             if speed_range == (1.0, 1.0):  # off: draws nothing, so the noise stream is as without
                 speed_range = None
