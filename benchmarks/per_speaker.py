@@ -29,21 +29,16 @@ from merit.audio import load_audio  # noqa: E402
 from merit.corpus import speaker_habits  # noqa: E402
 from merit.data import load_speech_dataset  # noqa: E402
 from merit.evaluation import ModelSystem, evaluate_systems  # noqa: E402
-from merit.preparation import resolve_data_sources  # noqa: E402
+from merit.preparation import clean_eval_set, resolve_data_sources  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 HABITS = ("pitch_offset", "rate_offset", "range_offset")
 
 
 def clean_set(split: Dataset, indices: list[int]) -> Dataset:
-    """A clean evaluation set (the noisy input is the clean signal) of some rows of a split."""
-    audio = [load_audio(split[i]["audio"]) for i in indices]
-    return Dataset.from_dict(
-        {
-            "input_values": audio,
-            "clean_values": audio,
-            "label": [split[i]["label"] for i in indices],
-        }
+    """A clean evaluation set of some rows of a split."""
+    return clean_eval_set(
+        [load_audio(split[i]["audio"]) for i in indices], [split[i]["label"] for i in indices]
     )
 
 

@@ -32,14 +32,14 @@ import tempfile
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchaudio.functional as AF
-from scipy import signal
+from scipy import signal, special
 from tqdm.auto import tqdm
 
 from .audio import write_audio
@@ -51,16 +51,19 @@ __all__ = [
     "DIMENSIONS",
     "DIMENSION_CENTRES",
     "EMOTIONS",
+    "HABIT_SWEEP_LEVEL",
     "NOISE_FILES_PER_TYPE",
     "NOISE_RMS",
     "NOISE_TYPES",
     "PROSODY",
+    "PROSODY_CUES",
     "SAMPLE_RATE",
     "SEEN_NOISES",
     "SENTENCES",
     "render_speech",
     "speaker_habits",
     "SPLITS",
+    "utterance_prosody",
     "UNSEEN_NOISES",
     "EspeakEngine",
     "Prosody",
@@ -69,6 +72,8 @@ __all__ = [
     "default_corpus_dir",
     "dimensional_ratings",
     "emotion_prosody",
+    "habit_sweep",
+    "ideal_listener_scores",
     "ensure_corpus",
     "synthesize",
     "synthesize_noise",
@@ -270,6 +275,7 @@ _SPEAKER_RANGE_OFFSET = 8.0
 # and clipped "angry" files would give away their class by distortion alone.
 _CORPUS_GAIN = 0.5
 _LIMITS = {"rate": (80, 450), "pitch": (0, 100), "pitch_range": (0, 100), "volume": (0, 200)}
+_TILT_LIMIT = 0.8
 
 
 def emotion_prosody(
@@ -302,7 +308,91 @@ def emotion_prosody(
             tilt=p.tilt + rng.normal(0, j.tilt),
         )
     clipped = {k: float(np.clip(getattr(p, k), *_LIMITS[k])) for k in _LIMITS}
-    return Prosody(**clipped, tilt=float(np.clip(p.tilt, -0.8, 0.8)))
+    return Prosody(**clipped, tilt=float(np.clip(p.tilt, -_TILT_LIMIT, _TILT_LIMIT)))
+
+
+#: The prosodic cues an utterance carries, in :class:`Prosody`'s order.
+PROSODY_CUES: tuple[str, ...] = ("rate", "pitch", "pitch_range", "volume", "tilt")
+
+
+def _habit_half_widths() -> dict[str, float]:
+    return {
+        "rate": _SPEAKER_RATE_OFFSET,
+        "pitch": _SPEAKER_PITCH_OFFSET,
+        "pitch_range": _SPEAKER_RANGE_OFFSET,
+        "volume": 0.0,
+        "tilt": 0.0,
+    }
+
+
+def _cue_log_likelihood(
+    x: np.ndarray, centre: float, sigma: float, half: float, low: float, high: float
+) -> np.ndarray:
+    """log p(x) of one cue: a Gaussian jitter around ``centre`` convolved with a uniform
+    speaker habit of half-width ``half``; at a clipping limit, the log of the mass clipped
+    onto it (the corpus clips, so a value at a limit stands for everything beyond it)."""
+
+    def below(v: float) -> float:  # P(cue <= v)
+        if half == 0:
+            return float(special.ndtr((v - centre) / sigma))
+
+        def g(z: float) -> float:  # an antiderivative of the normal CDF
+            return z * special.ndtr(z) + np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+
+        lo, hi = (v - centre - half) / sigma, (v - centre + half) / sigma
+        return float(sigma / (2 * half) * (g(hi) - g(lo)))
+
+    if half == 0:
+        density = np.exp(-0.5 * ((x - centre) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
+    else:
+        density = (
+            special.ndtr((x - centre + half) / sigma) - special.ndtr((x - centre - half) / sigma)
+        ) / (2 * half)
+    value = np.where(x <= low, below(low), np.where(x >= high, 1.0 - below(high), density))
+    return np.log(np.maximum(value, 1e-300))
+
+
+def ideal_listener_scores(
+    rows: Sequence[Mapping[str, float]],
+    cues: Sequence[str] = PROSODY_CUES,
+    *,
+    emotions: Sequence[str] = EMOTIONS,
+    habits_known: bool = False,
+) -> np.ndarray:
+    """Log-likelihood of each emotion for each utterance's prosody under the corpus's own
+    generative model: the Bayes-optimal decision (argmax, classes equally likely) of a listener
+    who hears the exact rendering parameters in ``cues`` but not who is speaking.
+
+    No model that sees one utterance of an unseen speaker can do better on average: the audio
+    is made from these parameters, the voice and the sentence, and the last two say nothing
+    about the emotion (a speaker's habits are drawn apart from its voice). With
+    ``habits_known`` the listener also knows each row's speaker offsets (``pitch_offset``,
+    ``rate_offset``, ``range_offset``, as :func:`utterance_prosody` and :func:`habit_sweep`
+    rows carry them), as a speaker-normalised system would. Returns ``(N, len(emotions))``.
+    """
+    unknown = set(cues) - set(PROSODY_CUES)
+    if unknown or not cues:
+        raise ValueError(f"cues must be a non-empty subset of {PROSODY_CUES}, got {list(cues)}")
+    half = _habit_half_widths()
+    offset_key = {"rate": "rate_offset", "pitch": "pitch_offset", "pitch_range": "range_offset"}
+    limits = {**_LIMITS, "tilt": (-_TILT_LIMIT, _TILT_LIMIT)}
+    scores = np.zeros((len(rows), len(emotions)))
+    for cue in cues:
+        x = np.array([float(r[cue]) for r in rows])
+        if habits_known and cue in offset_key:
+            shift = np.array([float(r[offset_key[cue]]) for r in rows])
+            width = 0.0
+        else:
+            shift, width = np.zeros(len(rows)), half[cue]
+        sigma = getattr(_UTTERANCE_JITTER, cue)
+        low, high = limits[cue]
+        for k, emotion in enumerate(emotions):
+            centre = getattr(PROSODY[emotion], cue)
+            # A known offset moves the centre row by row: score each row with its own centre.
+            for c in np.unique(centre + shift):
+                at = centre + shift == c
+                scores[at, k] += _cue_log_likelihood(x[at], c, sigma, width, low, high)
+    return scores
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,11 +847,29 @@ def _plan_sentences(seed: int, num_speakers: int, num_sentences: int, per_speake
     ]
 
 
-def _render_utterance(
+def _plan_utterances(params: dict) -> list[tuple[int, _Speaker, int, str]]:
+    """(speaker index, speaker, sentence, emotion) of every utterance a build renders."""
+    seed, emotions = params["seed"], params["emotions"]
+    per_speaker = params["utterances_per_speaker"] // len(emotions)
+    speakers = _plan_speakers(seed, params["num_speakers"])
+    sentences = _plan_sentences(seed, len(speakers), params["num_sentences"], per_speaker)
+    return [
+        (idx, spk, sent, emo)
+        for idx, spk in enumerate(speakers)
+        for sent in sentences[idx]
+        for emo in emotions
+    ]
+
+
+def _file_name(speaker: _Speaker, sentence: int, emotion: str) -> str:
+    return f"{speaker.split}/{emotion}_{speaker.id}_s{sentence:03d}.wav"
+
+
+def _utterance_recipe(
     seed: int, speaker_idx: int, speaker: _Speaker, sentence: int, emotion: str
-) -> tuple[np.ndarray, Prosody]:
-    """Audio (and the prosody it was rendered with) for one (speaker, sentence, emotion):
-    seeded by its identity only, so the result does not depend on build order."""
+) -> tuple[Prosody, int]:
+    """The prosody and the eSpeak seed of one (speaker, sentence, emotion): seeded by its
+    identity only, so the result does not depend on build order."""
     rng = np.random.default_rng([seed, 4, speaker_idx, sentence, EMOTIONS.index(emotion)])
     prosody = emotion_prosody(
         emotion,
@@ -770,10 +878,115 @@ def _render_utterance(
         rate_offset=speaker.rate_offset,
         range_offset=speaker.range_offset,
     )
-    audio = render_speech(
-        SENTENCES[sentence], speaker.voice.name, prosody, int(rng.integers(2**31))
-    )
-    return audio, prosody
+    return prosody, int(rng.integers(2**31))
+
+
+def utterance_prosody(params: dict) -> list[dict]:
+    """Every utterance a build with these parameters (``corpus.json``'s ``params``) renders,
+    with the prosody and eSpeak seed it is rendered with, without rendering any audio.
+
+    Rows: ``file_name`` (as in ``metadata.csv``), ``label``, ``speaker``, ``split``,
+    ``sentence_id``, ``voice``, ``render_seed``, the speaker's three habit offsets and the
+    five :class:`Prosody` fields.
+    ``render_speech(SENTENCES[sentence_id], voice, Prosody(...), render_seed)`` gives the
+    file's audio again. This is what an ideal listener of the corpus could know: it bounds
+    what any model can get out of one utterance (``benchmarks/ceiling.py``).
+    """
+    rows = []
+    for idx, spk, sent, emo in _plan_utterances(params):
+        prosody, render_seed = _utterance_recipe(params["seed"], idx, spk, sent, emo)
+        rows.append(
+            {
+                "file_name": _file_name(spk, sent, emo),
+                "label": emo,
+                "speaker": spk.id,
+                "split": spk.split,
+                "sentence_id": sent,
+                "voice": spk.voice.name,
+                "render_seed": render_seed,
+                "pitch_offset": spk.pitch_offset,
+                "rate_offset": spk.rate_offset,
+                "range_offset": spk.range_offset,
+                **asdict(prosody),
+            }
+        )
+    return rows
+
+
+#: Where the habit sweep puts each habit: at +-1/sqrt(3) of its half-width, the two-level
+#: design with the mean and the variance of the corpus's uniform habits.
+HABIT_SWEEP_LEVEL = 1.0 / np.sqrt(3.0)
+
+
+def habit_sweep(
+    params: dict,
+    split: str = "validation",
+    *,
+    level: float = HABIT_SWEEP_LEVEL,
+    with_audio: bool = True,
+    progress: bool = True,
+) -> list[dict]:
+    """The utterances of ``split`` rendered again with each speaker's habits replaced by every
+    corner of the habit box at ``level`` of its half-widths (pitch, rate and pitch range each
+    low or high: 8 settings per speaker), in memory.
+
+    Why: three held-out speakers sample three habit settings, and a split's F1 depends on which
+    (``benchmarks/per_speaker.py``: the validation speakers all talk at a middling rate, one
+    test speaker is slow, low and flat). The sweep keeps the split's voices, sentences and
+    per-utterance variation (each utterance's jitter is the corpus's own draw) and moves only
+    the habits, so its F1 says how a model does across the habits new speakers bring, from
+    the split's voices alone. ``params`` is ``corpus.json``'s ``params``; rows carry
+    ``audio`` (16 kHz float32), ``label``, ``speaker``, ``sentence_id``, ``setting`` (0-7),
+    ``voice``, ``render_seed``, the three offsets and the five prosody values;
+    ``with_audio=False`` leaves the audio out (the prosody is all
+    :func:`ideal_listener_scores` needs).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not 0 < level <= 1:
+        raise ValueError(
+            f"level must be in (0, 1] (a fraction of the habit half-widths), got {level}"
+        )
+    signs = [(p, r, g) for p in (-1, 1) for r in (-1, 1) for g in (-1, 1)]
+    jobs = [job for job in _plan_utterances(params) if job[1].split == split]
+    rows = []
+    with tqdm(
+        total=len(jobs) * len(signs),
+        desc=f"habit sweep ({split})",
+        unit="utt",
+        disable=not progress,
+    ) as bar:
+        for setting, (p, r, g) in enumerate(signs):
+            for idx, spk, sent, emo in jobs:
+                moved = replace(
+                    spk,
+                    pitch_offset=p * level * _SPEAKER_PITCH_OFFSET,
+                    rate_offset=r * level * _SPEAKER_RATE_OFFSET,
+                    range_offset=g * level * _SPEAKER_RANGE_OFFSET,
+                )
+                prosody, render_seed = _utterance_recipe(params["seed"], idx, moved, sent, emo)
+                audio = (
+                    render_speech(SENTENCES[sent], spk.voice.name, prosody, render_seed)
+                    if with_audio
+                    else None
+                )
+                rows.append(
+                    {
+                        "audio": audio,
+                        "label": emo,
+                        "speaker": spk.id,
+                        "sentence_id": sent,
+                        "setting": setting,
+                        "voice": spk.voice.name,
+                        "render_seed": render_seed,
+                        "pitch_offset": moved.pitch_offset,
+                        "rate_offset": moved.rate_offset,
+                        "range_offset": moved.range_offset,
+                        **asdict(prosody),
+                    }
+                )
+                bar.update()
+    return rows
 
 
 def render_speech(text: str, voice: str, prosody: Prosody, seed: int = 0) -> np.ndarray:
@@ -898,15 +1111,8 @@ def _write_card(root: Path, params: dict, speakers: list[_Speaker], counts: dict
 def _build_into(root: Path, params: dict, progress: bool) -> dict:
     seed = params["seed"]
     emotions = params["emotions"]
-    per_speaker = params["utterances_per_speaker"] // len(emotions)
     speakers = _plan_speakers(seed, params["num_speakers"])
-    sentences = _plan_sentences(seed, len(speakers), params["num_sentences"], per_speaker)
-    jobs = [
-        (idx, spk, sent, emo)
-        for idx, spk in enumerate(speakers)
-        for sent in sentences[idx]
-        for emo in emotions
-    ]
+    jobs = _plan_utterances(params)
     noise_jobs = [(kind, k) for kind in NOISE_TYPES for k in range(NOISE_FILES_PER_TYPE)]
     for split in SPLITS:
         (root / split).mkdir(parents=True)
@@ -918,8 +1124,9 @@ def _build_into(root: Path, params: dict, progress: bool) -> dict:
         total=len(jobs) + len(noise_jobs), desc="merit corpus", unit="file", disable=not progress
     ) as bar:
         for idx, spk, sent, emo in jobs:
-            name = f"{spk.split}/{emo}_{spk.id}_s{sent:03d}.wav"
-            audio, prosody = _render_utterance(seed, idx, spk, sent, emo)
+            name = _file_name(spk, sent, emo)
+            prosody, render_seed = _utterance_recipe(seed, idx, spk, sent, emo)
+            audio = render_speech(SENTENCES[sent], spk.voice.name, prosody, render_seed)
             write_audio(root / name, audio, SAMPLE_RATE)
             # Own stream for the annotators, so the audio is the same as before ratings existed.
             raters = np.random.default_rng([seed, 6, idx, sent, EMOTIONS.index(emo)])

@@ -10,6 +10,7 @@ blocks they use (loaders, noise mixing, collation) are in :mod:`merit.data`.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections import Counter
@@ -41,12 +42,14 @@ __all__ = [
     "build_test_sets",
     "build_validation_set",
     "check_integrity",
+    "clean_eval_set",
     "drop_unreadable",
     "label_order",
     "parse_split_map",
     "load_noise_banks",
     "prepare_data",
     "frozen_test_sets",
+    "habit_sweep_set",
     "training_mixer",
     "validation_dataset",
     "validation_noise",
@@ -480,6 +483,44 @@ def build_test_sets(
             test, seen, unseen, snrs=snrs, seed=seed, include_clean=include_clean, out_dir=cache_dir
         )
     return sets, display
+
+
+def clean_eval_set(audio: Sequence[np.ndarray], labels: Sequence[str], **columns: Any) -> Dataset:
+    """A clean evaluation set for :func:`merit.evaluation.evaluate_systems`: the noisy input
+    is the clean signal itself, so F1 is clean F1 and the enhancer's SSNR is what it costs
+    clean speech. ``columns`` ride along (speaker, setting, ...)."""
+    if len(audio) != len(labels) or any(len(v) != len(audio) for v in columns.values()):
+        raise ValueError("audio, labels and every column need one entry per utterance")
+    if not len(audio):
+        raise ValueError("an evaluation set needs at least one utterance")
+    audio = [np.asarray(a, dtype=np.float32) for a in audio]
+    return Dataset.from_dict(
+        {"input_values": audio, "clean_values": audio, "label": list(labels), **columns}
+    )
+
+
+def habit_sweep_set(
+    split: str = "validation", corpus_dir: str | Path | None = None, progress: bool = True
+) -> Dataset:
+    """The embedded corpus's habit sweep of ``split`` (:func:`merit.corpus.habit_sweep`: its
+    voices and sentences with every speaker's habits moved to each corner of the habit box),
+    clean, as an evaluation set with ``speaker`` and ``setting`` columns. It exists for the
+    embedded corpus only: the sweep re-renders the corpus from its recipe."""
+    from merit.corpus import habit_sweep
+
+    root = Path(corpus_dir) if corpus_dir is not None else Path(resolve_data_sources(None, None)[0])
+    info = root / "corpus.json"
+    if not info.is_file():
+        raise FileNotFoundError(
+            f"{root} has no corpus.json: the habit sweep re-renders the embedded corpus only"
+        )
+    rows = habit_sweep(json.loads(info.read_text())["params"], split, progress=progress)
+    return clean_eval_set(
+        [r["audio"] for r in rows],
+        [r["label"] for r in rows],
+        speaker=[r["speaker"] for r in rows],
+        setting=[r["setting"] for r in rows],
+    )
 
 
 def label_order(data_args: DataArguments, labels: Sequence[str]) -> list[str]:

@@ -492,3 +492,131 @@ def test_noise_rejects_bad_input() -> None:
         corpus.synthesize_noise("white", 100, 0, rng)
     with pytest.raises(ValueError, match="16000"):
         corpus.synthesize_noise("babble", 100, 8000, rng)
+
+
+# ------------------------------------------------------------------------------------------
+# The corpus's recipe: per-utterance prosody, the ideal listener, the habit sweep
+# ------------------------------------------------------------------------------------------
+
+
+def test_utterance_prosody_is_the_recipe_of_every_file(tiny: Path) -> None:
+    params = json.loads((tiny / "corpus.json").read_text())["params"]
+    rows = corpus.utterance_prosody(params)
+    meta = {r["file_name"]: r for r in _read_csv(tiny / "metadata.csv")}
+    assert sorted(r["file_name"] for r in rows) == sorted(meta)
+    habits = {h["speaker"]: h for h in corpus.speaker_habits(0, 6)}
+    for r in rows:
+        m = meta[r["file_name"]]
+        assert (r["label"], r["speaker"], r["split"]) == (m["label"], m["speaker"], m["split"])
+        assert r["sentence_id"] == int(m["sentence_id"])
+        assert r["rate_offset"] == habits[r["speaker"]]["rate_offset"]
+    for r in rows[::37]:  # rendering again from the recipe gives the file's samples
+        prosody = corpus.Prosody(**{k: r[k] for k in corpus.PROSODY_CUES})
+        audio = corpus.render_speech(
+            corpus.SENTENCES[r["sentence_id"]], r["voice"], prosody, r["render_seed"]
+        )
+        stored, sr = sf.read(tiny / r["file_name"], dtype="float32")
+        assert sr == corpus.SAMPLE_RATE and len(stored) == len(audio)
+        np.testing.assert_allclose(stored, np.clip(audio, -1, 1), atol=1.0 / 32768 + 1e-6)
+
+
+def test_ideal_listener_likelihoods_are_the_generative_densities() -> None:
+    """One cue without habits is a Gaussian; a habit-shifted cue is the Gaussian convolved
+    with the uniform habit (numerical integral); a clipped value gets the clipped mass."""
+    from scipy import stats
+
+    happy = corpus.PROSODY["happy"]
+    row = {"rate": 190.0, "pitch": 60.0, "pitch_range": 75.0, "volume": 120.0, "tilt": 0.1}
+    scores = corpus.ideal_listener_scores([row], ("volume",))
+    k = corpus.EMOTIONS.index("happy")
+    assert scores[0, k] == pytest.approx(stats.norm.logpdf(120.0, happy.volume, 14.0))
+    h = np.linspace(-12.0, 12.0, 20001)  # rate habits are uniform on +-12 words per minute
+    numeric = np.trapezoid(stats.norm.pdf(190.0 - happy.rate - h, 0, 14.0), h) / 24.0
+    rate = corpus.ideal_listener_scores([row], ("rate",))
+    assert np.exp(rate[0, k]) == pytest.approx(numeric, rel=1e-6)
+    # Additive over cues.
+    both = corpus.ideal_listener_scores([row], ("rate", "volume"))
+    np.testing.assert_allclose(both, rate + scores)
+    # A pitch range clipped to 0 stands for all the mass below it (sad: centre 20, +-8, 12).
+    clipped = corpus.ideal_listener_scores([{**row, "pitch_range": 0.0}], ("pitch_range",))
+    s = corpus.EMOTIONS.index("sad")
+    mass = np.trapezoid(
+        stats.norm.cdf(0.0 - 20.0 - np.linspace(-8, 8, 20001), 0, 12.0), dx=16 / 20000
+    )
+    assert np.exp(clipped[0, s]) == pytest.approx(mass / 16.0, rel=1e-6)
+    assert clipped[0].argmax() == s
+    with pytest.raises(ValueError, match="non-empty subset"):
+        corpus.ideal_listener_scores([row], ("loudness",))
+
+
+def test_ideal_listener_is_near_perfect_and_habits_cost_it_little() -> None:
+    """On utterances drawn as the corpus draws them (habits from speaker_habits, jitter from
+    emotion_prosody), the Bayes decision beats a nearest-centre rule and knowing the habits
+    helps only a little; without loudness and tilt it loses much more."""
+    rng = np.random.default_rng(0)
+    rows, labels = [], []
+    for seed in range(10):
+        for h in corpus.speaker_habits(seed, 20):
+            for emotion in corpus.EMOTIONS:
+                p = corpus.emotion_prosody(
+                    emotion,
+                    rng,
+                    pitch_offset=h["pitch_offset"],
+                    rate_offset=h["rate_offset"],
+                    range_offset=h["range_offset"],
+                )
+                rows.append({**h, **{c: getattr(p, c) for c in corpus.PROSODY_CUES}})
+                labels.append(corpus.EMOTIONS.index(emotion))
+    labels = np.array(labels)
+
+    def accuracy(scores: np.ndarray) -> float:
+        return float((scores.argmax(1) == labels).mean())
+
+    ideal = accuracy(corpus.ideal_listener_scores(rows))
+    known = accuracy(corpus.ideal_listener_scores(rows, habits_known=True))
+    shifted = accuracy(corpus.ideal_listener_scores(rows, ("rate", "pitch", "pitch_range")))
+    x = np.array([[r[c] for c in corpus.PROSODY_CUES] for r in rows])
+    centres = np.array(
+        [[getattr(corpus.PROSODY[e], c) for c in corpus.PROSODY_CUES] for e in corpus.EMOTIONS]
+    )
+    scale = np.array([14, 7, 12, 14, 0.12])
+    nearest = float(
+        (((x[:, None] - centres[None]) / scale) ** 2).sum(-1).argmin(1).__eq__(labels).mean()
+    )
+    assert 0.93 < ideal < known <= 1.0 and known - ideal < 0.03
+    assert nearest < ideal and shifted < ideal - 0.1
+
+
+def test_habit_sweep_moves_the_habits_and_nothing_else(tiny: Path) -> None:
+    params = json.loads((tiny / "corpus.json").read_text())["params"]
+    natural = [r for r in corpus.utterance_prosody(params) if r["split"] == "validation"]
+    sweep = corpus.habit_sweep(params, "validation", with_audio=False, progress=False)
+    assert len(sweep) == 8 * len(natural) and {r["setting"] for r in sweep} == set(range(8))
+    level = corpus.HABIT_SWEEP_LEVEL
+    offsets = {(r["pitch_offset"], r["rate_offset"], r["range_offset"]) for r in sweep}
+    assert offsets == {
+        (p * level * 10, r * level * 12, g * level * 8)
+        for p in (-1, 1)
+        for r in (-1, 1)
+        for g in (-1, 1)
+    }
+    by_key = {(r["speaker"], r["sentence_id"], r["label"]): r for r in natural}
+    for r in sweep:
+        own = by_key[(r["speaker"], r["sentence_id"], r["label"])]
+        assert (r["volume"], r["tilt"]) == (own["volume"], own["tilt"])  # same jitter draw
+        moved = own["rate"] - own["rate_offset"] + r["rate_offset"]
+        assert r["rate"] == pytest.approx(moved)  # rates stay far from their limits
+    rendered = corpus.habit_sweep(params, "validation", progress=False)
+    for r in rendered[:: len(rendered) // 3]:
+        prosody = corpus.Prosody(**{c: r[c] for c in corpus.PROSODY_CUES})
+        again = corpus.render_speech(
+            corpus.SENTENCES[r["sentence_id"]], r["voice"], prosody, r["render_seed"]
+        )
+        assert r["audio"].dtype == np.float32
+        np.testing.assert_array_equal(r["audio"], again)
+        name = f"validation/{r['label']}_{r['speaker']}_s{r['sentence_id']:03d}.wav"
+        assert len(r["audio"]) != sf.info(str(tiny / name)).frames  # another rate, another length
+    with pytest.raises(ValueError, match="split"):
+        corpus.habit_sweep(params, "dev", progress=False)
+    with pytest.raises(ValueError, match="level"):
+        corpus.habit_sweep(params, level=1.5, progress=False)

@@ -334,3 +334,38 @@ def test_per_utterance_se_scores_are_kept_in_row_order():
         for key in ("ssnr", "si_sdr"):
             np.testing.assert_allclose(kept[key], [e[key] for e in expected], rtol=1e-6)
         assert result.get("unprocessed", name)["ssnr"] == pytest.approx(np.mean(kept["ssnr"]))
+
+
+def test_clean_eval_set_scores_clean_input_and_refuses_ragged_columns():
+    from merit.preparation import clean_eval_set
+
+    rng = np.random.default_rng(0)
+    audio = [rng.standard_normal(n).astype(np.float64) * 0.1 for n in (8000, 12000)]
+    dataset = clean_eval_set(audio, ["sad", "angry"], speaker=["a", "b"])
+    assert dataset.column_names == ["input_values", "clean_values", "label", "speaker"]
+    data = dataset.with_format("numpy")
+    np.testing.assert_allclose(data[1]["input_values"], audio[1].astype(np.float32))
+    np.testing.assert_array_equal(data[1]["input_values"], data[1]["clean_values"])
+    with pytest.raises(ValueError, match="one entry per utterance"):
+        clean_eval_set(audio, ["sad"])
+    with pytest.raises(ValueError, match="one entry per utterance"):
+        clean_eval_set(audio, ["sad", "angry"], speaker=["a"])
+    with pytest.raises(ValueError, match="at least one"):
+        clean_eval_set([], [])
+
+
+def test_habit_sweep_set_is_the_sweep_of_the_split_ready_to_evaluate(tiny_corpus, tmp_path):
+    from merit.corpus import habit_sweep
+    from merit.preparation import habit_sweep_set
+
+    params = json.loads((tiny_corpus / "corpus.json").read_text())["params"]
+    rows = habit_sweep(params, "validation", with_audio=False, progress=False)
+    dataset = habit_sweep_set("validation", corpus_dir=tiny_corpus, progress=False)
+    assert len(dataset) == len(rows) == 8 * 16  # 1 validation speaker x 16 utterances x 8
+    assert dataset["label"] == [r["label"] for r in rows]
+    assert dataset["setting"] == [r["setting"] for r in rows]
+    model = ModelSystem(make_model(seed=3))
+    result = evaluate_systems({"m": model}, {"sweep": dataset}, progress=False)
+    assert 0.0 <= result.get("m", "sweep")["f1_macro"] <= 1.0
+    with pytest.raises(FileNotFoundError, match="embedded corpus only"):
+        habit_sweep_set("validation", corpus_dir=tmp_path, progress=False)

@@ -38,11 +38,43 @@ def test_best_f1_among_cheap_candidates_that_keep_the_enhancement():
 
 def test_falls_back_to_the_clean_cost_alone_then_to_f1():
     rows = [REFERENCE, _row("a", 0.70, 1.0, 29.0), _row("b", 0.72, 2.0, 28.0)]
-    assert recipe_search.pick(rows) == ("b", "clean cost <= 3 dB (none keeps the noisy SSNR)")
+    assert recipe_search.pick(rows) == (
+        "b",
+        "best F1 among: clean cost <= 3 dB (none keeps the noisy SSNR)",
+    )
     rows = [REFERENCE, _row("c", 0.70, 3.7, 20.0)]
     assert recipe_search.pick(rows)[0] == "two-stage-x0.1"
     with pytest.raises(ValueError, match="two-stage-x0.1"):
         recipe_search.pick([_row("no-reference", 0.7, 3.0, 29.0)])
+
+
+def _swept(name: str, f1: float, swept: float, ssnr: float = 3.5) -> dict:
+    return {**_row(name, f1, ssnr, 29.0), "val_swept_f1_macro": swept}
+
+
+def test_once_rows_have_the_habit_sweep_only_they_compete_on_the_mean():
+    incumbent = recipe_search.INCUMBENT
+    rows = [
+        REFERENCE,
+        _row("old-high", 0.95, 3.7, 29.0),  # no sweep: cannot be ranked on it
+        _swept(incumbent, 0.86, 0.60),  # score 0.73
+        _swept("robust", 0.80, 0.75),  # score 0.775: beats the default by more than 0.02
+        _swept("noisy-only", 0.90, 0.58),  # score 0.74
+        _swept("robust-no-ssnr", 0.85, 0.90, ssnr=2.0),  # fails the SSNR condition
+    ]
+    name, why = recipe_search.pick(rows)
+    assert name == "robust" and why.startswith("best mean of noisy and habit-swept F1")
+    assert recipe_search.score(rows[3]) == pytest.approx(0.775)
+    assert recipe_search.score(rows[1]) == 0.95  # an old row ranks by noisy F1 alone
+
+
+def test_the_default_stays_unless_beaten_by_the_margin():
+    incumbent = recipe_search.INCUMBENT
+    rows = [REFERENCE, _swept(incumbent, 0.86, 0.60), _swept("slightly", 0.84, 0.65)]
+    name, why = recipe_search.pick(rows)  # 0.745 vs 0.73: within the 0.02 margin
+    assert name == incumbent and "by 0.02" in why
+    rows.append(_swept("clearly", 0.84, 0.67))  # 0.755
+    assert recipe_search.pick(rows)[0] == "clearly"
 
 
 def test_candidates_with_their_own_length_are_candidates_and_train_that_long(tmp_path, monkeypatch):
