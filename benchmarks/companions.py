@@ -59,9 +59,11 @@ from merit.evaluation import (  # noqa: E402
     format_markdown,
 )
 from merit.preparation import (  # noqa: E402
-    DataArguments,  # noqa: E402
+    DataArguments,
     load_noise_banks,
+    mixing_text,
     resolve_data_sources,
+    training_audio_text,
 )
 from merit.runs import load_backbone  # noqa: E402
 from merit.training import main as train_py  # noqa: E402
@@ -330,17 +332,7 @@ def run_adapter(
 
 def training_data_text(data: DataArguments) -> str:
     """The training augmentation every system here gets (the shared data defaults)."""
-    speed = data.speed_range
-    return (
-        f"Training data for every system: SNR uniform in [{data.snr_range[0]:g}, "
-        f"{data.snr_range[1]:g}] dB, {100 * data.clean_prob:g} % clean examples, "
-        + (
-            "no speed perturbation"
-            if speed is None
-            else f"speed perturbation x{speed[0]:g}-{speed[1]:g}"
-        )
-        + "."
-    )
+    return f"Training data for every system: {training_audio_text(data)}; {mixing_text(data)}."
 
 
 def speed_table(speed: dict[str, dict[str, Any]]) -> str:
@@ -380,7 +372,7 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
         "MERIT run on it. It has never seen this corpus's emotion labels. Budgets: "
         + ", ".join(f"{k}={v}" for k, v in asdict(budget).items())
         + f"; seed {SEED}; linear schedule with 5 % warm-up; MERIT layers {SIZES}. "
-        + training_data_text(DataArguments()),
+        + training_data_text(DataArguments(max_train_seconds=budget.max_seconds)),
         "",
         "## MLKD: multi-level knowledge distillation",
         "",

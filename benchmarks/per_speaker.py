@@ -28,18 +28,12 @@ from datasets import Dataset  # noqa: E402
 from merit.audio import load_audio  # noqa: E402
 from merit.corpus import speaker_habits  # noqa: E402
 from merit.data import load_speech_dataset  # noqa: E402
+from merit.evaluate_metrics import emotion_scores  # noqa: E402
 from merit.evaluation import ModelSystem, evaluate_systems  # noqa: E402
 from merit.preparation import clean_eval_set, resolve_data_sources  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 HABITS = ("pitch_offset", "rate_offset", "range_offset")
-
-
-def clean_set(split: Dataset, indices: list[int]) -> Dataset:
-    """A clean evaluation set of some rows of a split."""
-    return clean_eval_set(
-        [load_audio(split[i]["audio"]) for i in indices], [split[i]["label"] for i in indices]
-    )
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
@@ -65,25 +59,34 @@ def main() -> None:
     habits = {h["speaker"]: h for h in speaker_habits(params["seed"], params["num_speakers"])}
     splits = load_speech_dataset(str(corpus))
     sets: dict[str, Dataset] = {}
+    order: list[str] = []  # the report's rows: each split's speakers, then the split pooled
     for name in args.splits:
         split = splits[name]
-        speakers = split["speaker"]
-        for speaker in sorted(set(speakers)):
-            sets[speaker] = clean_set(split, [i for i, s in enumerate(speakers) if s == speaker])
-        sets[name] = clean_set(split, list(range(len(split))))
+        order += [*sorted(set(split["speaker"])), name]
+        sets[name] = clean_eval_set(
+            [load_audio(a) for a in split["audio"]], split["label"], speaker=split["speaker"]
+        )
     scores: dict[str, dict[str, float]] = {name: {} for name in models}
     for name, folder in models.items():
         system = ModelSystem.from_pretrained(folder)
-        for key, dataset in sets.items():
-            result = evaluate_systems({name: system}, {"clean": dataset}, progress=False)
-            scores[name][key] = result.get(name, "clean")["f1_macro"]
+        # One pass per split; each speaker's F1 comes from that pass's decisions.
+        result = evaluate_systems({name: system}, sets, progress=False)
+        for split_name, dataset in sets.items():
+            predicted, reference = result.decisions[name][split_name]
+            speakers = dataset["speaker"]
+            for speaker in sorted(set(speakers)):
+                at = [i for i, s in enumerate(speakers) if s == speaker]
+                scores[name][speaker] = emotion_scores(
+                    [predicted[i] for i in at], [reference[i] for i in at], len(system.label_names)
+                )["f1_macro"]
+            scores[name][split_name] = result.get(name, split_name)["f1_macro"]
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores[name].items()))
     train = [h for h in habits.values() if h["split"] == "train"]
     report = {
         "command": "python benchmarks/" + " ".join([Path(__file__).name, *sys.argv[1:]]),
         "models": models,
         "corpus_params": params,
-        "speakers": {k: habits[k] for k in sets if k in habits},
+        "speakers": {k: habits[k] for k in order if k in habits},
         "training_habit_range": {
             h: [min(t[h] for t in train), max(t[h] for t in train)] for h in HABITS
         },
@@ -103,7 +106,7 @@ def main() -> None:
         "| speaker | voice | split | pitch | rate | range | " + " | ".join(names) + " |",
         "|---|---|---|---:|---:|---:|" + "---:|" * len(names),
     ]
-    for key in sets:
+    for key in order:
         if key in habits:
             h = habits[key]
             cells = [key, f"`{h['voice']}`", h["split"]] + [f"{h[x]:+.1f}" for x in HABITS]

@@ -50,6 +50,8 @@ __all__ = [
     "prepare_data",
     "frozen_test_sets",
     "habit_sweep_set",
+    "mixing_text",
+    "training_audio_text",
     "training_mixer",
     "validation_dataset",
     "validation_noise",
@@ -223,6 +225,22 @@ def load_noise_banks(noise_dir: str | Path) -> tuple[NoiseBank, NoiseBank | None
     ``None`` for it, and the unseen columns are then left out."""
     seen = NoiseBank.from_dir(noise_dir, split="seen")
     return seen, NoiseBank.from_dir(noise_dir, split="unseen", required=False)
+
+
+def training_audio_text(data_args: DataArguments) -> str:
+    """How training utterances are cut and perturbed, in words: the one wording the model card
+    and the benchmark reports share."""
+    crop, speed = data_args.max_train_seconds, data_args.speed_range
+    text = "whole utterances" if crop is None else f"random {crop:g} s crops"
+    if speed is None or tuple(speed) == (1, 1):  # (1, 1) is off (NoisyMixer)
+        return text + ", no speed perturbation"
+    return text + f", speed perturbation x{speed[0]:g}-{speed[1]:g}"
+
+
+def mixing_text(data_args: DataArguments) -> str:
+    """How training examples are corrupted, in words (the noise types are the bank's)."""
+    low, high = data_args.snr_range
+    return f"SNR uniform in [{low:g}, {high:g}] dB, {100 * data_args.clean_prob:g} % clean examples"
 
 
 def training_mixer(

@@ -73,7 +73,9 @@ from merit.preparation import (
     DataArguments,
     PreparedData,
     frozen_test_sets,
+    mixing_text,
     prepare_data,
+    training_audio_text,
     training_mixer,
     validation_dataset,
 )
@@ -1091,7 +1093,6 @@ def training_details(
     frozen = getattr(args, "backbone_frozen_steps", 0) or 0
     factor = getattr(args, "backbone_learning_rate_factor", 1.0)
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    crop, speed = data_args.max_train_seconds, data_args.speed_range
     details = {
         "Method": results.get("method", "merit"),
         "Optimizer steps": f"{results['global_step']} (seed {args.seed})",
@@ -1107,11 +1108,8 @@ def training_details(
         else f"one stage, backbone at {factor:g} x the learning rate",
         "Kept model": kept_text,
         "Precision": precision,
-        "Training audio": ("whole utterances" if crop is None else f"random {crop:g} s crops")
-        + ("" if speed is None else f", speed perturbation x{speed[0]:g}-{speed[1]:g}"),
-        "Training noise": f"{', '.join(seen.noise_types)} at SNR uniform in "
-        f"[{data_args.snr_range[0]:g}, {data_args.snr_range[1]:g}] dB, "
-        f"{100 * data_args.clean_prob:g} % clean examples",
+        "Training audio": training_audio_text(data_args),
+        "Training noise": f"{', '.join(seen.noise_types)} at {mixing_text(data_args)}",
         "Test noise": "seen: the training types; unseen: "
         + (", ".join(unseen.noise_types) if unseen is not None else "none (no unseen noise)")
         + f"; at {', '.join(f'{v:g}' for v in data_args.eval_snrs)} dB",
