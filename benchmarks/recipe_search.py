@@ -101,6 +101,16 @@ LONGER: dict[str, tuple[int, tuple[str, ...]]] = {
     # Added 2026-12-02 (sixth session), with the habit sweep: the default took 750 steps and
     # speed perturbation in one change; this row is 750 steps alone.
     f"{PASSTHROUGH}-750steps-lr0.002": (750, ("--learning_rate", "0.002")),
+    # The encoder (8M parameters) is fine-tuned on 14 voices from step 250: kept frozen longer,
+    # or throughout, fewer parameters learn those voices.
+    f"{PASSTHROUGH}-750steps-lr0.002-frozen500": (
+        750,
+        ("--learning_rate", "0.002", "--backbone_frozen_steps", "500"),
+    ),
+    f"{PASSTHROUGH}-750steps-lr0.002-frozen": (
+        750,
+        ("--learning_rate", "0.002", "--backbone_frozen_steps", "100000"),
+    ),
 }
 #: Candidates trained for their own number of steps instead of ``--steps``.
 LENGTHS: dict[str, int] = {name: steps for name, (steps, _) in LONGER.items()}
