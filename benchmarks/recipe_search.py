@@ -300,6 +300,9 @@ def clean_validation(checkpoint: Path) -> dict[str, float]:
     }
 
 
+HABITS = ("pitch", "rate", "range")
+
+
 @functools.cache
 def _habit_sweep():
     sys.path.insert(0, str(ROOT))
@@ -315,11 +318,28 @@ def swept_validation(checkpoint: Path) -> dict[str, float]:
     F1 cannot show what a recipe does to slow or fast talkers; the sweep can, without the
     test split."""
     sys.path.insert(0, str(ROOT))
+    from merit.evaluate_metrics import emotion_scores
     from merit.evaluation import ModelSystem, evaluate_systems
 
-    system = ModelSystem.from_pretrained(checkpoint)
-    result = evaluate_systems({"model": system}, {"sweep": _habit_sweep()}, progress=False)
-    return {"val_swept_f1_macro": result.get("model", "sweep")["f1_macro"]}
+    system, sweep = ModelSystem.from_pretrained(checkpoint), _habit_sweep()
+    result = evaluate_systems({"model": system}, {"sweep": sweep}, progress=False)
+    predicted, reference = result.decisions["model"]["sweep"]
+    corners: dict[str, list[int]] = {}  # "pitch- rate+ range-" -> rows
+    for i, offsets in enumerate(
+        zip(sweep["pitch_offset"], sweep["rate_offset"], sweep["range_offset"], strict=True)
+    ):
+        name = " ".join(f"{h}{'+' if v > 0 else '-'}" for h, v in zip(HABITS, offsets, strict=True))
+        corners.setdefault(name, []).append(i)
+    by_corner = {
+        name: emotion_scores(
+            [predicted[i] for i in rows], [reference[i] for i in rows], len(system.label_names)
+        )["f1_macro"]
+        for name, rows in sorted(corners.items())
+    }
+    return {
+        "val_swept_f1_macro": result.get("model", "sweep")["f1_macro"],
+        "val_swept_f1_by_corner": by_corner,
+    }
 
 
 def _in_order(rows: dict[str, dict]) -> list[dict]:

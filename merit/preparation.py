@@ -522,8 +522,9 @@ def habit_sweep_set(
 ) -> Dataset:
     """The embedded corpus's habit sweep of ``split`` (:func:`merit.corpus.habit_sweep`: its
     voices and sentences with every speaker's habits moved to each corner of the habit box),
-    clean, as an evaluation set with ``speaker`` and ``setting`` columns. It exists for the
-    embedded corpus only: the sweep re-renders the corpus from its recipe."""
+    clean, as an evaluation set with ``speaker``, ``setting`` and the three offsets as
+    columns. It exists for the embedded corpus only: the sweep re-renders the corpus from its
+    recipe."""
     from merit.corpus import habit_sweep
 
     root = Path(corpus_dir) if corpus_dir is not None else Path(resolve_data_sources(None, None)[0])
@@ -538,6 +539,7 @@ def habit_sweep_set(
         [r["label"] for r in rows],
         speaker=[r["speaker"] for r in rows],
         setting=[r["setting"] for r in rows],
+        **{key: [r[key] for r in rows] for key in ("pitch_offset", "rate_offset", "range_offset")},
     )
 
 
