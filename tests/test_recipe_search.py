@@ -127,3 +127,27 @@ def test_rows_keep_the_defaults_they_were_measured_with(tmp_path, monkeypatch):
         assert args.learning_rate == rate, name
         assert model_args.se_passthrough_weight == weight, name
         assert data_args.speed_range == speed, name
+
+
+def test_swept_validation_scores_the_sweep_and_each_habit_corner(
+    tiny_corpus, tmp_path, monkeypatch
+):
+    from conftest import make_model
+
+    from merit.evaluation import ModelSystem, evaluate_systems
+    from merit.preparation import habit_sweep_set
+
+    sweep = habit_sweep_set("validation", corpus_dir=tiny_corpus, progress=False)
+    monkeypatch.setattr(recipe_search, "_habit_sweep", lambda: sweep)
+    from modeling_merit import MeritFeatureExtractor
+
+    make_model(seed=3).save_pretrained(tmp_path / "model")
+    MeritFeatureExtractor().save_pretrained(tmp_path / "model")
+    got = recipe_search.swept_validation(tmp_path / "model")
+    again = evaluate_systems(
+        {"m": ModelSystem.from_pretrained(tmp_path / "model")}, {"s": sweep}, progress=False
+    )
+    assert got["val_swept_f1_macro"] == pytest.approx(again.get("m", "s")["f1_macro"])
+    corners = got["val_swept_f1_by_corner"]
+    assert len(corners) == 8 and "pitch- rate+ range-" in corners
+    assert all(0.0 <= v <= 1.0 for v in corners.values())
