@@ -55,6 +55,7 @@ __all__ = [
     "training_mixer",
     "validation_dataset",
     "validation_noise",
+    "validation_voices_set",
     "quiet_datasets",
     "resolve_data_sources",
     "spread_subset",
@@ -517,6 +518,26 @@ def clean_eval_set(audio: Sequence[np.ndarray], labels: Sequence[str], **columns
     )
 
 
+def _embedded_corpus_params(corpus_dir: str | Path | None, what: str) -> dict:
+    root = Path(corpus_dir) if corpus_dir is not None else Path(resolve_data_sources(None, None)[0])
+    info = root / "corpus.json"
+    if not info.is_file():
+        raise FileNotFoundError(
+            f"{root} has no corpus.json: {what} re-renders the embedded corpus only"
+        )
+    return json.loads(info.read_text())["params"]
+
+
+def _rendered_set(rows: list[dict]) -> Dataset:
+    return clean_eval_set(
+        [r["audio"] for r in rows],
+        [r["label"] for r in rows],
+        speaker=[r["speaker"] for r in rows],
+        setting=[r["setting"] for r in rows],
+        **{key: [r[key] for r in rows] for key in ("pitch_offset", "rate_offset", "range_offset")},
+    )
+
+
 def habit_sweep_set(
     split: str = "validation", corpus_dir: str | Path | None = None, progress: bool = True
 ) -> Dataset:
@@ -527,20 +548,17 @@ def habit_sweep_set(
     recipe."""
     from merit.corpus import habit_sweep
 
-    root = Path(corpus_dir) if corpus_dir is not None else Path(resolve_data_sources(None, None)[0])
-    info = root / "corpus.json"
-    if not info.is_file():
-        raise FileNotFoundError(
-            f"{root} has no corpus.json: the habit sweep re-renders the embedded corpus only"
-        )
-    rows = habit_sweep(json.loads(info.read_text())["params"], split, progress=progress)
-    return clean_eval_set(
-        [r["audio"] for r in rows],
-        [r["label"] for r in rows],
-        speaker=[r["speaker"] for r in rows],
-        setting=[r["setting"] for r in rows],
-        **{key: [r[key] for r in rows] for key in ("pitch_offset", "rate_offset", "range_offset")},
-    )
+    params = _embedded_corpus_params(corpus_dir, "the habit sweep")
+    return _rendered_set(habit_sweep(params, split, progress=progress))
+
+
+def validation_voices_set(corpus_dir: str | Path | None = None, progress: bool = True) -> Dataset:
+    """The 8 extra validation voices (:func:`merit.corpus.validation_voices`), clean, as an
+    evaluation set with the same columns as :func:`habit_sweep_set`."""
+    from merit.corpus import validation_voices
+
+    params = _embedded_corpus_params(corpus_dir, "the validation voices set")
+    return _rendered_set(validation_voices(params, progress=progress))
 
 
 def label_order(data_args: DataArguments, labels: Sequence[str]) -> list[str]:

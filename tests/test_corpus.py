@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -620,3 +621,33 @@ def test_habit_sweep_moves_the_habits_and_nothing_else(tiny: Path) -> None:
         corpus.habit_sweep(params, "dev", progress=False)
     with pytest.raises(ValueError, match="level"):
         corpus.habit_sweep(params, level=1.5, progress=False)
+
+
+def test_validation_voices_are_new_speakers_in_the_corpus_style(tiny: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import outside_corpus
+
+    names = [v.name for v in corpus.VALIDATION_VOICES]
+    used = {v.name for v in corpus.CORPUS_VOICES} | set(corpus.BABBLE_VOICES)
+    used |= set(outside_corpus.VOICES)
+    variants = {name.partition("+")[2] for name in used}
+    assert len(set(names)) == 8 and not {n.partition("+")[2] for n in names} & variants
+    assert sorted(v.gender for v in corpus.VALIDATION_VOICES) == ["female"] * 4 + ["male"] * 4
+    params = json.loads((tiny / "corpus.json").read_text())["params"]
+    rows = corpus.validation_voices(params, with_audio=False, progress=False)
+    assert len(rows) == 8 * 16  # each says as many sentences as a corpus speaker, x 4 emotions
+    for k, name in enumerate(names):
+        mine = [r for r in rows if r["voice"] == name]
+        assert {r["speaker"] for r in mine} == {f"val{k:02d}"}
+        assert sorted({r["label"] for r in mine}) == sorted(corpus.EMOTIONS)
+        assert abs(mine[0]["rate_offset"]) <= 12 and abs(mine[0]["pitch_offset"]) <= 10
+    assert len({r["rate_offset"] for r in rows}) == 8  # habits of their own
+    assert rows == corpus.validation_voices(params, with_audio=False, progress=False)
+    rendered = corpus.validation_voices(params, progress=False)
+    for r in rendered[::16]:  # every voice speaks, and the row is its own recipe
+        assert np.sqrt(np.mean(r["audio"] ** 2)) > 0.005, r["voice"]
+        prosody = corpus.Prosody(**{c: r[c] for c in corpus.PROSODY_CUES})
+        again = corpus.render_speech(
+            corpus.SENTENCES[r["sentence_id"]], r["voice"], prosody, r["render_seed"]
+        )
+        np.testing.assert_array_equal(r["audio"], again)

@@ -68,6 +68,20 @@ def test_once_rows_have_the_habit_sweep_only_they_compete_on_the_mean():
     assert recipe_search.score(rows[1]) == 0.95  # an old row ranks by noisy F1 alone
 
 
+def test_rows_with_the_new_voices_compete_on_the_mean_of_three():
+    incumbent = recipe_search.INCUMBENT
+    rows = [
+        REFERENCE,
+        _swept("swept-only", 0.95, 0.95),  # no new-voice figure: out once others have it
+        {**_swept(incumbent, 0.86, 0.78), "val_voices_f1_macro": 0.60},  # 0.7467
+        {**_swept("voices", 0.83, 0.78), "val_voices_f1_macro": 0.70},  # 0.77
+    ]
+    name, why = recipe_search.pick(rows)
+    assert name == "voices"
+    assert why.startswith("best mean of noisy, habit-swept and new-voice F1")
+    assert recipe_search.score(rows[3]) == pytest.approx(0.77)
+
+
 def test_the_default_stays_unless_beaten_by_the_margin():
     incumbent = recipe_search.INCUMBENT
     rows = [REFERENCE, _swept(incumbent, 0.86, 0.60), _swept("slightly", 0.84, 0.65)]
@@ -151,3 +165,26 @@ def test_swept_validation_scores_the_sweep_and_each_habit_corner(
     corners = got["val_swept_f1_by_corner"]
     assert len(corners) == 8 and "pitch- rate+ range-" in corners
     assert all(0.0 <= v <= 1.0 for v in corners.values())
+
+
+def test_voices_validation_scores_each_new_voice(tiny_corpus, tmp_path, monkeypatch):
+    from conftest import make_model
+
+    from merit.evaluate_metrics import emotion_scores
+    from merit.evaluation import ModelSystem
+    from merit.preparation import validation_voices_set
+    from modeling_merit import MeritFeatureExtractor
+
+    voices = validation_voices_set(corpus_dir=tiny_corpus, progress=False)
+    assert len(voices) == 8 * 16 and len(set(voices["speaker"])) == 8
+    monkeypatch.setattr(recipe_search, "_validation_voices", lambda: voices)
+    make_model(seed=3).save_pretrained(tmp_path / "model")
+    MeritFeatureExtractor().save_pretrained(tmp_path / "model")
+    got = recipe_search.voices_validation(tmp_path / "model")
+    system = ModelSystem.from_pretrained(tmp_path / "model")
+    first = [i for i, s in enumerate(voices["speaker"]) if s == "val00"]
+    logits = system.predict([voices[i]["input_values"] for i in first]).logits
+    labels = [system.label_names.index(voices[i]["label"]) for i in first]
+    expected = emotion_scores(logits.argmax(-1), labels, 4)["f1_macro"]
+    assert got["val_voices_f1_by_speaker"]["val00"] == pytest.approx(expected)
+    assert set(got["val_voices_f1_by_speaker"]) == {f"val{k:02d}" for k in range(8)}
