@@ -47,6 +47,7 @@ __all__ = [
     "NoiseBank",
     "NoiseFile",
     "NoisyMixer",
+    "GAIN_LIMIT_DB",
     "SPEED_LIMITS",
     "build_eval_sets",
     "change_speed",
@@ -708,6 +709,8 @@ def _fit_length(signal: np.ndarray, length: int, offset: int = 0) -> np.ndarray:
 
 #: Speed factors :func:`change_speed` (and so ``NoisyMixer(speed_range=...)``) accepts.
 SPEED_LIMITS = (0.5, 2.0)
+#: The largest training gain (dB) either way: beyond it a voice turns to noise floor or clips.
+GAIN_LIMIT_DB = 30.0
 
 
 def change_speed(signal: np.ndarray, factor: float, sampling_rate: int = 16000) -> np.ndarray:
@@ -791,6 +794,12 @@ class NoisyMixer:
     ``label`` (id, when ``label2id`` is given), ``snr`` (``inf`` for clean examples),
     ``noise_type`` (``"clean"`` for clean examples) and ``dimensions`` when the input has them.
 
+    ``gain_range_db`` scales each utterance by a gain drawn uniformly from the range (dB),
+    after the crop and before the noise (so the SNR and the SE target follow it; a gain that
+    would clip is lowered to full scale): a voice's own level says nothing about its emotion,
+    yet a model that only ever heard 14 voices at their own levels takes quiet for sad.
+    ``(0, 0)`` is off and draws nothing.
+
     ``speed_range`` turns on speed perturbation (Ko et al., 2015) before cropping and mixing:
     each utterance is resampled by a factor drawn uniformly from the range (on a 0.01 grid, which
     keeps ``torchaudio.functional.speed``'s resampling kernels small), which moves pitch,
@@ -812,6 +821,7 @@ class NoisyMixer:
         clean_prob: float = 0.1,
         max_seconds: float | None = None,
         speed_range: tuple[float, float] | None = None,
+        gain_range_db: tuple[float, float] | None = None,
         sampling_rate: int = 16000,
     ) -> None:
         low, high = (float(v) for v in snr_range)
@@ -833,6 +843,21 @@ class NoisyMixer:
                 )
             if speed_range == (1.0, 1.0):  # off: draws nothing, so the noise stream is as without
                 speed_range = None
+        if gain_range_db is not None:
+            if len(gain_range_db) != 2:
+                raise ValueError(f"gain_range_db must be (low, high), got {gain_range_db}")
+            gain_range_db = (float(gain_range_db[0]), float(gain_range_db[1]))
+            if not (
+                all(math.isfinite(v) for v in gain_range_db)
+                and -GAIN_LIMIT_DB <= gain_range_db[0] <= gain_range_db[1] <= GAIN_LIMIT_DB
+            ):
+                raise ValueError(
+                    f"gain_range_db must be (low, high) with -{GAIN_LIMIT_DB:g} <= low <= high "
+                    f"<= {GAIN_LIMIT_DB:g}, got {gain_range_db}"
+                )
+            if gain_range_db == (0.0, 0.0):  # off: draws nothing
+                gain_range_db = None
+        self.gain_range_db = gain_range_db
         self.speed_range = speed_range
         self.noise_bank = noise_bank
         self.label2id = label2id
@@ -862,6 +887,12 @@ class NoisyMixer:
         if self.max_samples is not None and len(clean) > self.max_samples:
             start = int(rng.integers(len(clean) - self.max_samples + 1))
             clean = clean[start : start + self.max_samples]
+        if self.gain_range_db is not None:
+            gain = 10.0 ** (rng.uniform(*self.gain_range_db) / 20.0)
+            clean = (clean * gain).astype(np.float32)
+            peak = float(np.max(np.abs(clean))) if len(clean) else 0.0
+            if peak > 1.0:  # a louder copy, never a clipped one
+                clean = clean / peak
         if rng.random() < self.clean_prob:
             out = _corrupt(clean, None, None, rng)
         else:

@@ -153,6 +153,13 @@ class DataArguments:
             "benchmarks/results/recipe_search.md); 1 1 turns it off"
         },
     )
+    gain_range_db: list[float] = field(
+        default_factory=lambda: [0.0, 0.0],
+        metadata={
+            "help": "level augmentation: each training utterance scaled by a gain drawn "
+            "uniformly from [low, high] dB (0 0 = off)"
+        },
+    )
     eval_snrs: list[float] = field(
         default_factory=lambda: [-5.0, 0.0, 5.0, 10.0],
         metadata={
@@ -234,8 +241,13 @@ def training_audio_text(data_args: DataArguments) -> str:
     crop, speed = data_args.max_train_seconds, data_args.speed_range
     text = "whole utterances" if crop is None else f"random {crop:g} s crops"
     if speed is None or tuple(speed) == (1, 1):  # (1, 1) is off (NoisyMixer)
-        return text + ", no speed perturbation"
-    return text + f", speed perturbation x{speed[0]:g}-{speed[1]:g}"
+        text += ", no speed perturbation"
+    else:
+        text += f", speed perturbation x{speed[0]:g}-{speed[1]:g}"
+    gain = tuple(getattr(data_args, "gain_range_db", (0, 0)))
+    if gain != (0, 0):
+        text += f", gain {gain[0]:+g} to {gain[1]:+g} dB"
+    return text
 
 
 def mixing_text(data_args: DataArguments) -> str:
@@ -257,6 +269,7 @@ def training_mixer(
         clean_prob=data_args.clean_prob,
         max_seconds=data_args.max_train_seconds,
         speed_range=None if speed is None else tuple(speed),
+        gain_range_db=tuple(data_args.gain_range_db),
     )
 
 

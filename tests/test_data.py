@@ -887,3 +887,26 @@ def test_command_line_name_lists_and_optional_columns():
             data_module.name_list(bad, "--dimension_columns")
     assert data_module.optional_column(" EmoClass ") == "EmoClass"
     assert data_module.optional_column("None") is None and data_module.optional_column("") is None
+
+
+def test_gain_augmentation_scales_level_before_the_noise_and_never_clips(tiny_corpus):
+    from merit.data import NoiseBank, NoisyMixer
+
+    bank = NoiseBank.from_dir(tiny_corpus / "noise", split="seen")
+    example = {"audio": str(next((tiny_corpus / "train").glob("*.wav")))}
+    plain = NoisyMixer(bank, clean_prob=1.0)
+    loud = NoisyMixer(bank, clean_prob=1.0, gain_range_db=(6.0, 6.0))
+    a = plain.mix_example(example, np.random.default_rng(0))["clean_values"]
+    b = loud.mix_example(example, np.random.default_rng(0))["clean_values"]
+    expected = a * 10 ** (6 / 20)
+    if np.max(np.abs(expected)) > 1:
+        expected = expected / np.max(np.abs(expected))
+    np.testing.assert_allclose(b, expected, rtol=1e-5, atol=1e-6)
+    off = NoisyMixer(bank, clean_prob=1.0, gain_range_db=(0.0, 0.0))
+    assert off.gain_range_db is None
+    np.testing.assert_array_equal(
+        off.mix_example(example, np.random.default_rng(0))["clean_values"], a
+    )
+    for bad in [(5.0, -5.0), (-40.0, 0.0), (float("nan"), 1.0), (1.0,)]:
+        with pytest.raises(ValueError, match="gain_range_db"):
+            NoisyMixer(bank, gain_range_db=bad)
