@@ -900,6 +900,19 @@ def _utterance_recipe(
     return prosody, int(rng.integers(2**31))
 
 
+def _recipe_fields(speaker: _Speaker, prosody: Prosody, render_seed: int) -> dict:
+    """What every recipe row carries: the voice, the eSpeak seed, the speaker's habit offsets
+    and the five prosody values (enough to render the utterance again)."""
+    return {
+        "voice": speaker.voice.name,
+        "render_seed": render_seed,
+        "pitch_offset": speaker.pitch_offset,
+        "rate_offset": speaker.rate_offset,
+        "range_offset": speaker.range_offset,
+        **asdict(prosody),
+    }
+
+
 def utterance_prosody(params: dict) -> list[dict]:
     """Every utterance a build with these parameters (``corpus.json``'s ``params``) renders,
     with the prosody and eSpeak seed it is rendered with, without rendering any audio.
@@ -921,12 +934,7 @@ def utterance_prosody(params: dict) -> list[dict]:
                 "speaker": spk.id,
                 "split": spk.split,
                 "sentence_id": sent,
-                "voice": spk.voice.name,
-                "render_seed": render_seed,
-                "pitch_offset": spk.pitch_offset,
-                "rate_offset": spk.rate_offset,
-                "range_offset": spk.range_offset,
-                **asdict(prosody),
+                **_recipe_fields(spk, prosody, render_seed),
             }
         )
     return rows
@@ -1046,12 +1054,7 @@ def _render_rows(
                 "speaker": spk.id,
                 "sentence_id": sent,
                 "setting": setting,
-                "voice": spk.voice.name,
-                "render_seed": render_seed,
-                "pitch_offset": spk.pitch_offset,
-                "rate_offset": spk.rate_offset,
-                "range_offset": spk.range_offset,
-                **asdict(prosody),
+                **_recipe_fields(spk, prosody, render_seed),
             }
         )
     return rows
