@@ -28,7 +28,6 @@ from datasets import Dataset  # noqa: E402
 from merit.audio import load_audio  # noqa: E402
 from merit.corpus import speaker_habits  # noqa: E402
 from merit.data import load_speech_dataset  # noqa: E402
-from merit.evaluate_metrics import emotion_scores  # noqa: E402
 from merit.evaluation import ModelSystem, evaluate_systems  # noqa: E402
 from merit.preparation import clean_eval_set, resolve_data_sources  # noqa: E402
 
@@ -72,13 +71,7 @@ def main() -> None:
         # One pass per split; each speaker's F1 comes from that pass's decisions.
         result = evaluate_systems({name: system}, sets, progress=False)
         for split_name, dataset in sets.items():
-            predicted, reference = result.decisions[name][split_name]
-            speakers = dataset["speaker"]
-            for speaker in sorted(set(speakers)):
-                at = [i for i, s in enumerate(speakers) if s == speaker]
-                scores[name][speaker] = emotion_scores(
-                    [predicted[i] for i in at], [reference[i] for i in at], len(system.label_names)
-                )["f1_macro"]
+            scores[name].update(result.grouped_f1(name, split_name, dataset["speaker"]))
             scores[name][split_name] = result.get(name, split_name)["f1_macro"]
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores[name].items()))
     train = [h for h in habits.values() if h["split"] == "train"]

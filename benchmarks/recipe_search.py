@@ -349,24 +349,17 @@ def swept_validation(checkpoint: Path) -> dict[str, float]:
     F1 cannot show what a recipe does to slow or fast talkers; the sweep can, without the
     test split."""
     sys.path.insert(0, str(ROOT))
-    from merit.evaluate_metrics import emotion_scores
     from merit.evaluation import ModelSystem, evaluate_systems
 
     system, sweep = ModelSystem.from_pretrained(checkpoint), _habit_sweep()
     result = evaluate_systems({"model": system}, {"sweep": sweep}, progress=False)
-    predicted, reference = result.decisions["model"]["sweep"]
-    corners: dict[str, list[int]] = {}  # "pitch- rate+ range-" -> rows
-    for i, offsets in enumerate(
-        zip(sweep["pitch_offset"], sweep["rate_offset"], sweep["range_offset"], strict=True)
-    ):
-        name = " ".join(f"{h}{'+' if v > 0 else '-'}" for h, v in zip(HABITS, offsets, strict=True))
-        corners.setdefault(name, []).append(i)
-    by_corner = {
-        name: emotion_scores(
-            [predicted[i] for i in rows], [reference[i] for i in rows], len(system.label_names)
-        )["f1_macro"]
-        for name, rows in sorted(corners.items())
-    }
+    corners = [  # "pitch- rate+ range-" per row
+        " ".join(f"{h}{'+' if v > 0 else '-'}" for h, v in zip(HABITS, offsets, strict=True))
+        for offsets in zip(
+            sweep["pitch_offset"], sweep["rate_offset"], sweep["range_offset"], strict=True
+        )
+    ]
+    by_corner = result.grouped_f1("model", "sweep", corners)
     return {
         "val_swept_f1_macro": result.get("model", "sweep")["f1_macro"],
         "val_swept_f1_by_corner": by_corner,
@@ -386,19 +379,11 @@ def voices_validation(checkpoint: Path) -> dict:
     no split uses, corpus sentences, habits drawn as the corpus draws them), pooled and per
     voice: 3 validation voices are too few when the voice moves F1 by 30 points."""
     sys.path.insert(0, str(ROOT))
-    from merit.evaluate_metrics import emotion_scores
     from merit.evaluation import ModelSystem, evaluate_systems
 
     system, voices = ModelSystem.from_pretrained(checkpoint), _validation_voices()
     result = evaluate_systems({"model": system}, {"voices": voices}, progress=False)
-    predicted, reference = result.decisions["model"]["voices"]
-    speakers = voices["speaker"]
-    by_voice = {}
-    for speaker in sorted(set(speakers)):
-        at = [i for i, s in enumerate(speakers) if s == speaker]
-        by_voice[speaker] = emotion_scores(
-            [predicted[i] for i in at], [reference[i] for i in at], len(system.label_names)
-        )["f1_macro"]
+    by_voice = result.grouped_f1("model", "voices", voices["speaker"])
     return {
         "val_voices_f1_macro": result.get("model", "voices")["f1_macro"],
         "val_voices_f1_by_speaker": by_voice,

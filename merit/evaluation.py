@@ -271,6 +271,28 @@ class EvaluationResult:
             (r for r in self.rows if r["system"] == system and r["condition"] == condition), None
         )
 
+    def grouped_f1(self, system: str, condition: str, groups: Sequence[Any]) -> dict[Any, float]:
+        """F1-macro of ``system`` on ``condition`` within each group of utterances (``groups``
+        names each row's group in the eval set's order: its speaker, its habit corner, ...).
+        Pooled F1 hides which speakers a model fails on; this reads them off one pass.
+        """
+        predicted, reference = self.decisions[system][condition]
+        if len(groups) != len(predicted):
+            raise ValueError(
+                f"{len(groups)} group names for {len(predicted)} decisions of {system!r} on "
+                f"{condition!r}"
+            )
+        rows: dict[Any, list[int]] = {}
+        for i, group in enumerate(groups):
+            rows.setdefault(group, []).append(i)
+        num_labels = len(self.label_names[system])
+        return {
+            group: emotion_scores(
+                [predicted[i] for i in at], [reference[i] for i in at], num_labels
+            )["f1_macro"]
+            for group, at in sorted(rows.items())
+        }
+
 
 def _reference_ids(labels: Sequence[Any], label_names: list[str]) -> np.ndarray:
     """Label names (or already-encoded ids) -> ids in the system's own label order."""

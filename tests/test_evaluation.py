@@ -15,6 +15,7 @@ from datasets import Audio, Dataset
 from merit import evaluation
 from merit.evaluation import (
     CascadeSystem,
+    EvaluationResult,
     ModelSystem,
     Prediction,
     UnprocessedInput,
@@ -369,3 +370,19 @@ def test_habit_sweep_set_is_the_sweep_of_the_split_ready_to_evaluate(tiny_corpus
     assert 0.0 <= result.get("m", "sweep")["f1_macro"] <= 1.0
     with pytest.raises(FileNotFoundError, match="embedded corpus only"):
         habit_sweep_set("validation", corpus_dir=tmp_path, progress=False)
+
+
+def test_grouped_f1_scores_each_group_from_the_pooled_decisions():
+    # Group "b": class 0 has precision 1/2 and recall 1, class 1 precision 1 and recall 1/2,
+    # class 2 is right: F1-macro (2/3 + 2/3 + 1) / 3 = 7/9. Group "a" is all right.
+    predicted = [0, 0, 1, 0, 2, 2, 1]
+    reference = [0, 1, 1, 0, 2, 2, 1]
+    groups = ["b", "b", "b", "a", "a", "b", "a"]
+    result = EvaluationResult(
+        decisions={"m": {"clean": (predicted, reference)}},
+        label_names={"m": ["x", "y", "z"]},
+    )
+    assert result.grouped_f1("m", "clean", groups) == pytest.approx({"a": 1.0, "b": 7 / 9})
+    assert list(result.grouped_f1("m", "clean", groups)) == ["a", "b"]
+    with pytest.raises(ValueError, match="6 group names for 7 decisions"):
+        result.grouped_f1("m", "clean", groups[:-1])
