@@ -146,11 +146,11 @@ class DataArguments:
         },
     )
     speed_range: list[float] | None = field(
-        default_factory=lambda: [0.9, 1.1],
+        default_factory=lambda: [1.0, 1.0],
         metadata={
             "help": "speed perturbation of training utterances: a factor drawn uniformly from "
-            "[low, high] per example (chosen on validation: "
-            "benchmarks/results/recipe_search.md); 1 1 turns it off"
+            "[low, high] per example, e.g. 0.9 1.1; off by default (1 1), as the validation "
+            "habit sweep and new voices chose: benchmarks/results/recipe_search.md"
         },
     )
     gain_range_db: list[float] = field(

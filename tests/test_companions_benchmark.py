@@ -15,12 +15,16 @@ from merit.preparation import DataArguments  # noqa: E402
 def test_report_names_the_shared_data_defaults():
     text = companions.training_data_text(DataArguments(max_train_seconds=2.0))
     assert text == (
-        "Training data for every system: random 2 s crops, speed perturbation x0.9-1.1; "
+        "Training data for every system: random 2 s crops, no speed perturbation; "
         "SNR uniform in [-5, 20] dB, 10 % clean examples."
     )
-    off = companions.training_data_text(DataArguments(speed_range=[1.0, 1.0], clean_prob=0.3))
-    assert off.startswith("Training data for every system: whole utterances, no speed")
-    assert off.endswith("30 % clean examples.")
+    on = companions.training_data_text(
+        DataArguments(speed_range=[0.9, 1.1], gain_range_db=[-3.0, 3.0], clean_prob=0.3)
+    )
+    assert on == (
+        "Training data for every system: whole utterances, speed perturbation x0.9-1.1, "
+        "gain -3 to +3 dB; SNR uniform in [-5, 20] dB, 30 % clean examples."
+    )
     assert companions.training_data_text(DataArguments(speed_range=None)) == (
         companions.training_data_text(DataArguments(speed_range=[1.0, 1.0]))
     )
