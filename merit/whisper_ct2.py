@@ -290,7 +290,10 @@ def convert_ctranslate2_whisper(source: str | Path, output: str | Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
-        model = WhisperForConditionalGeneration(config)
+        # Building the model initialises random weights (all overwritten below); on its own
+        # RNG, so a run that converts on first use trains the same model as every later run.
+        with torch.random.fork_rng(devices=[]):
+            model = WhisperForConditionalGeneration(config)
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         missing = [k for k in missing if k != "proj_out.weight"]  # tied to embed_tokens

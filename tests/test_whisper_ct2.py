@@ -152,3 +152,14 @@ def test_wrong_hash_and_missing_package_are_clear_errors(tmp_path, monkeypatch):
         resolve_pretrained_backbone(TINY_EN_NAME, cache_dir=tmp_path / "cache2")
     # Names that are not packaged backbones pass through untouched.
     assert resolve_pretrained_backbone("microsoft/wavlm-base-plus") == "microsoft/wavlm-base-plus"
+
+
+def test_conversion_leaves_the_callers_random_state_alone(tmp_path):
+    """The first run converts the encoder in the training process after seeding: a conversion
+    that drew from the global RNG made that run's MERIT layers start from other weights than
+    every later run's (measured: 69.3 against 73.2 % clean test F1 from one seed)."""
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    resolve_pretrained_backbone(TINY_EN_NAME, cache_dir=tmp_path / "bb")
+    assert torch.equal(torch.rand(4), expected)
