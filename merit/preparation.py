@@ -160,6 +160,13 @@ class DataArguments:
             "uniformly from [low, high] dB (0 0 = off)"
         },
     )
+    extra_train_voices: int = field(
+        default=0,
+        metadata={
+            "help": "embedded corpus only: add this many more eSpeak voices to its training "
+            "split (0-24; merit.corpus.EXTRA_TRAIN_VOICES), validation and test unchanged"
+        },
+    )
     eval_snrs: list[float] = field(
         default_factory=lambda: [-5.0, 0.0, 5.0, 10.0],
         metadata={
@@ -209,8 +216,11 @@ def parse_split_map(text: str | None) -> dict[str, str] | None:
     return mapping
 
 
-def resolve_data_sources(dataset: str | None, noise_dir: str | None) -> tuple[str, Path, str]:
-    """Dataset source, noise folder and a display name, defaulting to the embedded corpus.
+def resolve_data_sources(
+    dataset: str | None, noise_dir: str | None, extra_train_voices: int = 0
+) -> tuple[str, Path, str]:
+    """Dataset source, noise folder and a display name, defaulting to the embedded corpus
+    (with ``extra_train_voices`` more training voices: its own cached build).
 
     A dataset folder with a ``noise/`` sub-folder (the embedded corpus layout) provides its own
     noise; any other dataset without ``noise_dir`` borrows the embedded corpus' noise bank.
@@ -218,8 +228,16 @@ def resolve_data_sources(dataset: str | None, noise_dir: str | None) -> tuple[st
     from merit.corpus import ensure_corpus
 
     if dataset is None:
-        corpus = ensure_corpus()
-        return str(corpus), Path(noise_dir) if noise_dir else corpus / "noise", DEFAULT_DATASET_NAME
+        corpus = ensure_corpus(extra_train_voices=extra_train_voices)
+        display = DEFAULT_DATASET_NAME
+        if extra_train_voices:
+            display += f" (+{extra_train_voices} training voices)"
+        return str(corpus), Path(noise_dir) if noise_dir else corpus / "noise", display
+    if extra_train_voices:
+        raise ValueError(
+            "--extra_train_voices adds voices to the embedded corpus; it does not apply to "
+            f"--dataset {dataset!r}"
+        )
     if noise_dir is not None:
         return dataset, Path(noise_dir), dataset
     own = Path(dataset).expanduser() / "noise"
@@ -642,7 +660,9 @@ def prepare_data(
     and checked in every split, validation and test subsets spread evenly, unreadable files
     failed on (or skipped and listed) before anything trains.
     """
-    source, noise_dir, display = resolve_data_sources(data_args.dataset, data_args.noise_dir)
+    source, noise_dir, display = resolve_data_sources(
+        data_args.dataset, data_args.noise_dir, data_args.extra_train_voices
+    )
     dimension_names = name_list(data_args.dimension_columns, "--dimension_columns")
     label_column = optional_column(data_args.label_column)
     splits = load_speech_dataset(

@@ -257,6 +257,10 @@ def test_default_corpus_dir(monkeypatch, tmp_path: Path) -> None:
         corpus.default_corpus_dir()
         == tmp_path / ".cache" / "merit" / f"corpus-v{corpus.CORPUS_VERSION}"
     )
+    assert (
+        corpus.default_corpus_dir(24)
+        == tmp_path / ".cache" / "merit" / f"corpus-v{corpus.CORPUS_VERSION}-extra24"
+    )
 
 
 @pytest.mark.parametrize(
@@ -272,6 +276,10 @@ def test_default_corpus_dir(monkeypatch, tmp_path: Path) -> None:
         ({"emotions": ()}, "emotions"),
         ({"noise_seconds": 0.0}, "noise_seconds"),
         ({"noise_seconds": float("nan")}, "noise_seconds"),
+        ({"extra_train_voices": -1}, "extra_train_voices"),
+        ({"extra_train_voices": len(corpus.EXTRA_TRAIN_VOICES) + 1}, "extra_train_voices"),
+        ({"extra_train_voices": 1.5}, "extra_train_voices"),
+        ({"extra_train_voices": True}, "extra_train_voices"),
     ],
 )
 def test_bad_build_parameters(tmp_path: Path, override: dict, message: str) -> None:
@@ -340,6 +348,7 @@ def test_synthesize_is_order_independent() -> None:
 
 def test_every_corpus_and_babble_voice_speaks() -> None:
     names = [v.name for v in corpus.CORPUS_VOICES] + list(corpus.BABBLE_VOICES)
+    names += [v.name for v in corpus.EXTRA_TRAIN_VOICES]
     assert len(set(names)) == len(names)
     assert len(corpus.CORPUS_VOICES) >= 20 and len(corpus.SENTENCES) >= 50
     for name in names:
@@ -651,3 +660,69 @@ def test_validation_voices_are_new_speakers_in_the_corpus_style(tiny: Path) -> N
             corpus.SENTENCES[r["sentence_id"]], r["voice"], prosody, r["render_seed"]
         )
         np.testing.assert_array_equal(r["audio"], again)
+
+
+def test_extra_train_voices_are_new_to_every_held_out_set() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import outside_corpus
+
+    extra = corpus.EXTRA_TRAIN_VOICES
+    names = [v.name for v in extra]
+    assert len(set(names)) == len(names) == 24
+    # any prefix is gender balanced (interleaved), like the corpus voices
+    assert [v.gender for v in extra] == ["male", "female"] * 12
+    speakers = corpus._plan_speakers(0, 20)
+    held_out = {s.voice.name for s in speakers if s.split != "train"}
+    held_out |= {v.name for v in corpus.VALIDATION_VOICES} | set(outside_corpus.VOICES)
+    every = held_out | {v.name for v in corpus.CORPUS_VOICES} | set(corpus.BABBLE_VOICES)
+    assert not set(names) & every
+
+    def variant(name: str) -> str:
+        return name.partition("+")[2]
+
+    # no variant (timbre) of a validation, test, new-validation or outside-corpus voice
+    assert not {variant(n) for n in names} & {variant(n) for n in held_out}
+    train_variants = {variant(s.voice.name) for s in speakers if s.split == "train"}
+    for v in extra:  # the female ones reuse training speakers' variants (eSpeak has no more)
+        assert v.gender == "male" or variant(v.name) in train_variants, v.name
+
+
+def test_extra_train_voices_add_training_speakers_and_change_nothing_else(
+    tiny: Path, tmp_path: Path
+) -> None:
+    more = corpus.build_corpus(tmp_path / "more", seed=0, extra_train_voices=2, **TINY)
+    params = json.loads((more / "corpus.json").read_text())["params"]
+    assert params["extra_train_voices"] == 2
+    assert "extra_train_voices" not in json.loads((tiny / "corpus.json").read_text())["params"]
+    base, extended = _hashes(tiny), _hashes(more)
+    audio = {k: v for k, v in base.items() if k.endswith(".wav")}
+    assert {k: extended[k] for k in audio} == audio  # every earlier file byte-identical
+    new = sorted(set(extended) - set(base))
+    assert new and all(k.startswith("train/") and "_ext0" in k for k in new)
+    assert len(new) == 2 * 16  # as many sentences as a corpus speaker, x 4 emotions
+    rows = _read_csv(more / "metadata.csv")
+    held_out = [r for r in rows if r["split"] != "train"]
+    assert held_out == [r for r in _read_csv(tiny / "metadata.csv") if r["split"] != "train"]
+    ext = [r for r in rows if r["speaker"].startswith("ext")]
+    assert {r["speaker"] for r in ext} == {"ext00", "ext01"}
+    assert all(r["split"] == "train" for r in ext)
+    assert sorted({r["label"] for r in ext}) == sorted(corpus.EMOTIONS)
+    card = (more / "README.md").read_text()
+    assert "--extra-train-voices 2" in card and corpus.EXTRA_TRAIN_VOICES[1].name in card
+    info = json.loads((more / "corpus.json").read_text())
+    assert (
+        info["counts"]["train"]
+        == json.loads((tiny / "corpus.json").read_text())["counts"]["train"] + 2 * 16
+    )
+    # the recipe of every extra file is public like the corpus's own
+    recipe = {r["file_name"]: r for r in corpus.utterance_prosody(params)}
+    r = recipe[new[0]]
+    prosody = corpus.Prosody(**{c: r[c] for c in corpus.PROSODY_CUES})
+    again = corpus.render_speech(
+        corpus.SENTENCES[r["sentence_id"]], r["voice"], prosody, r["render_seed"]
+    )
+    written, _ = sf.read(more / new[0], dtype="float32")
+    np.testing.assert_allclose(written, np.clip(again, -1, 1), atol=1.0 / 32768 + 1e-6)
+    # ensure_corpus keeps such a build apart from the plain one and reuses it
+    assert corpus.ensure_corpus(more, seed=0, extra_train_voices=2, **TINY) == more
+    assert _hashes(more) == extended

@@ -812,3 +812,16 @@ def test_card_names_every_loss_term_with_its_weight():
     )
     se_only = minimal_merit_config(tasks=["se"], load_balance_coef=0.0, router_z_loss_coef=0.0)
     assert training.merit_loss_text(se_only) == "enhancement: compressed-magnitude MSE x 1"
+
+
+def test_extra_train_voices_apply_to_the_embedded_corpus_only(tiny_corpus, monkeypatch) -> None:
+    from merit import corpus, preparation
+
+    calls = []
+    monkeypatch.setattr(corpus, "ensure_corpus", lambda **kw: calls.append(kw) or tiny_corpus)
+    source, noise, name = preparation.resolve_data_sources(None, None, 3)
+    assert calls == [{"extra_train_voices": 3}]
+    assert (source, noise) == (str(tiny_corpus), tiny_corpus / "noise")
+    assert name == f"{preparation.DEFAULT_DATASET_NAME} (+3 training voices)"
+    with pytest.raises(ValueError, match="embedded corpus"):
+        prepare_data(DataArguments(dataset=str(tiny_corpus), extra_train_voices=3))
