@@ -140,6 +140,19 @@ LONGER: dict[str, tuple[int, tuple[str, ...]]] = {
         750,
         ("--learning_rate", "0.002", "--extra_train_voices", "12"),
     ),
+    # 24 voices gained most in stage 2 (0.50 at step 250, frozen encoder): stage 2 from step
+    # 150 instead of 250.
+    f"{PASSTHROUGH}-750steps-lr0.002-voices24-frozen150": (
+        750,
+        (
+            "--learning_rate",
+            "0.002",
+            "--extra_train_voices",
+            "24",
+            "--backbone_frozen_steps",
+            "150",
+        ),
+    ),
 }
 #: Candidates trained for their own number of steps instead of ``--steps``.
 LENGTHS: dict[str, int] = {name: steps for name, (steps, _) in LONGER.items()}
