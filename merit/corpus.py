@@ -1261,9 +1261,8 @@ def _write_card(root: Path, params: dict, speakers: list[_Speaker], counts: dict
 def _build_into(root: Path, params: dict, progress: bool) -> dict:
     seed = params["seed"]
     emotions = params["emotions"]
-    speakers = _plan_speakers(seed, params["num_speakers"])
-    speakers += [spk for _, spk, _ in _extra_speakers(params)]
     jobs = _plan_utterances(params)
+    speakers = list(dict.fromkeys(spk for _, spk, _, _ in jobs))  # in plan order, extras last
     noise_jobs = [(kind, k) for kind in NOISE_TYPES for k in range(NOISE_FILES_PER_TYPE)]
     for split in SPLITS:
         (root / split).mkdir(parents=True)
