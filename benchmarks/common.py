@@ -11,4 +11,5 @@ def write_report(path: Path, lines: list[str]) -> None:
     """Write a markdown report under ``benchmarks/results`` and say where it went."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-    print(f"Wrote {path.relative_to(ROOT)}")
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    print(f"Wrote {shown}")
