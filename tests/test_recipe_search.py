@@ -188,3 +188,45 @@ def test_voices_validation_scores_each_new_voice(tiny_corpus, tmp_path, monkeypa
     expected = emotion_scores(logits.argmax(-1), labels, 4)["f1_macro"]
     assert got["val_voices_f1_by_speaker"]["val00"] == pytest.approx(expected)
     assert set(got["val_voices_f1_by_speaker"]) == {f"val{k:02d}" for k in range(8)}
+
+
+def _three(name: str, f1: float, swept: float, voices: float, ssnr: float = 3.5) -> dict:
+    return {**_swept(name, f1, swept, ssnr), "val_voices_f1_macro": voices}
+
+
+def test_seeds_of_a_recipe_are_one_candidate_with_their_means():
+    rows = [
+        _three("r", 0.80, 0.70, 0.60, ssnr=3.0),
+        _three("r-seed1", 0.90, 0.80, 0.40, ssnr=4.0),
+        _three("alone", 0.70, 0.70, 0.70),
+    ]
+    merged = {r["name"]: r for r in recipe_search.over_seeds(rows)}
+    assert set(merged) == {"r", "alone"}
+    assert merged["r"]["seeds"] == 2 and merged["alone"]["seeds"] == 1
+    assert merged["r"]["val_f1_macro"] == pytest.approx(0.85)
+    assert merged["r"]["val_voices_f1_macro"] == pytest.approx(0.50)
+    assert merged["r"]["val_ssnr"] == pytest.approx(3.5)
+    assert merged["r"]["seed_scores"] == pytest.approx([0.7, 0.7])
+    assert merged["alone"] == {**rows[2], "seeds": 1}
+
+
+def test_a_default_run_over_seeds_competes_only_with_recipes_run_over_as_many():
+    incumbent = recipe_search.INCUMBENT
+    rows = [REFERENCE]
+    for suffix, shift in (("", 0.0), ("-seed1", 0.01), ("-seed2", -0.01)):
+        rows.append(_three(incumbent + suffix, 0.84 + shift, 0.80, 0.48))  # mean 0.7067
+        rows.append(_three("more" + suffix, 0.80 + shift, 0.77, 0.66))  # mean 0.7433
+    rows.append(_three("lucky", 0.90, 0.85, 0.70))  # 0.8167, but one run
+    name, why = recipe_search.pick(rows)
+    assert name == "more" and why.endswith("(means over 3 seeds)")
+    # Within the margin of the incumbent's mean, the default stays.
+    close = [r for r in rows if not r["name"].startswith("more")]
+    close += [_three("close" + s, 0.82, 0.79, 0.50) for s in ("", "-seed1", "-seed2")]
+    assert recipe_search.pick(close)[0] == incumbent
+
+
+def test_runs_past_the_budget_are_never_picked():
+    over = next(iter(recipe_search.OVER_BUDGET))
+    rows = [REFERENCE, _three(recipe_search.INCUMBENT, 0.84, 0.80, 0.48), _three(over, 1, 1, 1)]
+    assert recipe_search.pick(rows)[0] == recipe_search.INCUMBENT
+    assert recipe_search.OVER_BUDGET <= set(recipe_search.CANDIDATES)
