@@ -825,3 +825,15 @@ def test_extra_train_voices_apply_to_the_embedded_corpus_only(tiny_corpus, monke
     assert name == f"{preparation.DEFAULT_DATASET_NAME} (+3 training voices)"
     with pytest.raises(ValueError, match="embedded corpus"):
         prepare_data(DataArguments(dataset=str(tiny_corpus), extra_train_voices=3))
+    # Unset: the default number for the embedded corpus, none (and no error) for a dataset.
+    calls.clear()
+    assert DataArguments().extra_train_voices is None
+    preparation.resolve_data_sources(None, None, None)
+    preparation.resolve_data_sources(None, None, 0)
+    assert calls == [
+        {"extra_train_voices": preparation.DEFAULT_EXTRA_TRAIN_VOICES},
+        {"extra_train_voices": 0},
+    ]
+    assert preparation.DEFAULT_EXTRA_TRAIN_VOICES == 24
+    assert preparation.resolve_data_sources(str(tiny_corpus), None, None)[0] == str(tiny_corpus)
+    assert preparation.resolve_data_sources(None, None, 0)[2] == preparation.DEFAULT_DATASET_NAME
