@@ -617,17 +617,30 @@ class MeritTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """Length-grouped batches from the file headers (:meth:`NoisyTrainingSet.lengths`);
-        ``Trainer`` would otherwise decode and mix every utterance once to measure it."""
+        ``Trainer`` would otherwise decode and mix every utterance once to measure it. Warns
+        when such batches hold much more of one class than random ones would
+        (:func:`length_grouping_skew`)."""
         train_dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and isinstance(
             train_dataset, NoisyTrainingSet
         ):
             from transformers.trainer_pt_utils import LengthGroupedSampler
 
-            return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                lengths=train_dataset.lengths(),
-            )
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            lengths, labels = train_dataset.lengths(), train_dataset.labels()
+            if labels is not None:
+                grouped, shuffled = length_grouping_skew(lengths, labels, batch)
+                if grouped - shuffled > GROUPED_SKEW_WARNING:
+                    logger.warning(
+                        "--train_sampling_strategy group_by_length: in batches of similar "
+                        "lengths %.0f %% of a batch is one class on average, against %.0f %% "
+                        "in random batches; where length tells the class, the classifier "
+                        "learns the batch instead of the utterance (on the embedded corpus it "
+                        "did not learn at all). --train_sampling_strategy random avoids it.",
+                        100 * grouped,
+                        100 * shuffled,
+                    )
+            return LengthGroupedSampler(batch, lengths=lengths)
         return super()._get_train_sampler(train_dataset)
 
     def compute_loss(
@@ -748,6 +761,41 @@ def make_compute_metrics(
     return compute_metrics
 
 
+#: How much larger the commonest class's share of a length-grouped batch may be than of a
+#: random batch before the run warns (:meth:`MeritTrainer._get_train_sampler`). On the
+#: embedded corpus, where such batches taught the emotion head nothing, the shares are 53 %
+#: against 39 % (batches of 16).
+GROUPED_SKEW_WARNING = 0.10
+
+
+def _majority_share(batches: Sequence[Sequence[int]], labels: Sequence) -> float:
+    """The mean share of each batch's commonest label."""
+    shares = [Counter(labels[i] for i in b).most_common(1)[0][1] / len(b) for b in batches if b]
+    return float(np.mean(shares))
+
+
+def length_grouping_skew(
+    lengths: Sequence[int], labels: Sequence, batch_size: int, seed: int = 0
+) -> tuple[float, float]:
+    """How much of one class a batch holds, on average, in the batches
+    ``--train_sampling_strategy group_by_length`` makes (transformers' ``LengthGroupedSampler``
+    on its own seeded generator, so the training run's RNG is untouched) and in random batches
+    of the same size. Emotion and length go together (sad speech is slow), and batches that are
+    mostly one class teach a classifier the batch's class, not the utterance's."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    def batches(order: Sequence[int]) -> list[list[int]]:
+        order = [int(i) for i in order]
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    generator = torch.Generator().manual_seed(seed)
+    grouped = LengthGroupedSampler(batch_size, lengths=list(lengths), generator=generator)
+    shuffled = np.random.default_rng(seed).permutation(len(lengths))
+    return _majority_share(batches(list(grouped)), labels), _majority_share(
+        batches(shuffled), labels
+    )
+
+
 class NoisyTrainingSet(torch.utils.data.Dataset):
     """Training examples corrupted on the fly, with noise fixed by (seed, epoch, index).
 
@@ -774,6 +822,12 @@ class NoisyTrainingSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         return self.mixer.mix_example(self.split[int(index)], rng)
+
+    def labels(self) -> list | None:
+        """Each utterance's class label, or None for a corpus without categorical labels."""
+        if "label" not in self.split.column_names:
+            return None
+        return list(self.split.with_format("python")["label"])
 
     def lengths(self) -> list[int]:
         """Each utterance's length in samples at the mixer's rate, capped at its crop: what

@@ -23,6 +23,7 @@ from merit.training import (
     ModelArguments,
     NoisyTrainingSet,
     build_model,
+    length_grouping_skew,
     parse_args,
     variant_config_kwargs,
 )
@@ -202,6 +203,64 @@ def test_length_grouped_batches_use_header_lengths(tiny_corpus, tmp_path):
     # each mega-batch is sorted longest first: the first batch holds long utterances
     first = [lengths[i] for i in order[:4]]
     assert first == sorted(first, reverse=True)
+
+
+def test_length_grouped_batches_warn_when_length_tells_the_class(tiny_corpus, tmp_path, caplog):
+    """Where the class follows the length, length-grouped batches hold mostly one class and
+    the run says so; where it does not, it stays quiet. The check draws on its own generator,
+    so the training run's sampler order is the same with or without it."""
+    from conftest import make_model
+
+    train = load_speech_dataset(str(tiny_corpus))["train"]
+    bank = NoiseBank.from_dir(tiny_corpus / "noise")
+    lengths = NoisyTrainingSet(train, NoisyMixer(bank), seed=0).lengths()
+    rank = np.argsort(np.argsort(lengths))
+    by_length = [f"c{4 * r // len(lengths)}" for r in rank]  # quartiles of length
+    by_index = [f"c{i % 4}" for i in range(len(lengths))]
+    grouped, shuffled = length_grouping_skew(lengths, by_length, 4)
+    assert grouped - shuffled > training.GROUPED_SKEW_WARNING
+    assert length_grouping_skew(lengths, by_length, 4) == (grouped, shuffled)  # seeded
+    grouped, shuffled = length_grouping_skew(lengths, by_index, 4)
+    assert grouped - shuffled < training.GROUPED_SKEW_WARNING
+
+    args = training.MeritTrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        train_sampling_strategy="group_by_length",
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        use_cpu=True,
+        report_to="none",
+    )
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    torch.manual_seed(7)
+    expected = list(iter(LengthGroupedSampler(4, lengths=lengths)))
+    for labels, warns in ((by_length, True), (by_index, False)):
+        relabelled = train.remove_columns("label").add_column("label", labels)
+        dataset = NoisyTrainingSet(relabelled, NoisyMixer(bank), seed=0)
+        trainer = training.MeritTrainer(model=make_model(), args=args, train_dataset=dataset)
+        caplog.clear()
+        torch.manual_seed(7)
+        with caplog.at_level("WARNING", logger="merit.training"):
+            order = list(iter(trainer._get_train_sampler()))
+        warned = [r.getMessage() for r in caplog.records if "group_by_length" in r.getMessage()]
+        assert bool(warned) == warns, warned
+        assert order == expected  # the check drew nothing from the global RNG
+    # a corpus without class labels (dimensional ratings only) has nothing to check
+    unlabelled = NoisyTrainingSet(train.remove_columns("label"), NoisyMixer(bank), seed=0)
+    assert unlabelled.labels() is None
+
+
+def test_length_grouping_skew_on_lengths_that_do_and_do_not_follow_the_class():
+    rng = np.random.default_rng(1)
+    labels = [i % 4 for i in range(400)]
+    tied = [int(20000 + 8000 * label + rng.integers(0, 2000)) for label in labels]
+    free = [int(20000 + rng.integers(0, 30000)) for _ in labels]
+    grouped, shuffled = length_grouping_skew(tied, labels, 16)
+    assert grouped > 0.8 and shuffled < 0.45
+    grouped, shuffled = length_grouping_skew(free, labels, 16)
+    assert abs(grouped - shuffled) < 0.05
 
 
 def test_training_mixer_follows_the_data_flags(tiny_corpus):
