@@ -207,7 +207,8 @@ LONGER: dict[str, tuple[int, tuple[str, ...]]] = {
     # Whole utterances in random batches of 16 are padded to the longest: 1.48x the audio
     # (measured on the 24-voice training split), and the encoder runs on the padding too.
     # Batches of similar lengths cost about a third less per step, so 1000 steps take about
-    # the time of 750.
+    # the time of 750. Run once and stopped at step 666, so it has no row: validation F1 0.10
+    # (one class) at steps 333 and 666, since such batches hold mostly one emotion (README).
     f"{PASSTHROUGH}-1000steps-lr0.002-voices24-grouped": (
         1000,
         ("--learning_rate", "0.002", *VOICES24, "--train_sampling_strategy", "group_by_length"),
