@@ -167,10 +167,11 @@ LONGER: dict[str, tuple[int, tuple[str, ...]]] = {
             "150",
         ),
     ),
-    # Added 2026-12-04 (eighth session), first run side by side on a lent GPU
-    # (recipe_search_h200.md; a row chosen there is run again here on the CPU before the rule
-    # may pick it): 24 more voices lifted new-voice F1 by 14 points and every run still
-    # climbed at its end, so what the 15-minute budget buys is the question. Seeds of the
+    # Added 2026-12-04 (eighth session), first run side by side on a lent GPU (a table of
+    # their own, recipe_search_h200.md, never mixed with the CPU rows; the rule's pick over
+    # seeds there set the default): 24 more voices lifted new-voice F1 by 14 points and
+    # every run still climbed at its end, so what the 15-minute budget buys is the question.
+    # Seeds of the
     # default and of voices24 (how far one run moves), ways to learn more from the same
     # compute (more, smaller steps; a higher rate; more of the encoder's rate; narrower MERIT
     # layers, which also cost less time), a small level jitter (voices differ by up to 8 dB
