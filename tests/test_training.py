@@ -169,6 +169,19 @@ def test_training_noise_depends_only_on_seed_epoch_and_example(tiny_corpus):
     assert len(data) == len(train)
 
 
+def _length_grouped_args(tmp_path: Path) -> training.MeritTrainingArguments:
+    """Training arguments for a trainer built only to ask for its length-grouped sampler."""
+    return training.MeritTrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        train_sampling_strategy="group_by_length",
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        use_cpu=True,
+        report_to="none",
+    )
+
+
 def test_length_grouped_batches_use_header_lengths(tiny_corpus, tmp_path):
     """``--train_sampling_strategy group_by_length``: the sampler sorts by the lengths read
     from the file headers, which equal the mixed examples' lengths (capped at the crop)."""
@@ -185,15 +198,7 @@ def test_length_grouped_batches_use_header_lengths(tiny_corpus, tmp_path):
 
     from conftest import make_model
 
-    args = training.MeritTrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        train_sampling_strategy="group_by_length",
-        eval_strategy="no",
-        load_best_model_at_end=False,
-        use_cpu=True,
-        report_to="none",
-    )
+    args = _length_grouped_args(tmp_path)
     trainer = training.MeritTrainer(model=make_model(), args=args, train_dataset=whole)
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, LengthGroupedSampler)
@@ -223,15 +228,7 @@ def test_length_grouped_batches_warn_when_length_tells_the_class(tiny_corpus, tm
     grouped, shuffled = length_grouping_skew(lengths, by_index, 4)
     assert grouped - shuffled < training.GROUPED_SKEW_WARNING
 
-    args = training.MeritTrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        train_sampling_strategy="group_by_length",
-        eval_strategy="no",
-        load_best_model_at_end=False,
-        use_cpu=True,
-        report_to="none",
-    )
+    args = _length_grouped_args(tmp_path)
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     torch.manual_seed(7)
