@@ -194,6 +194,10 @@ WHISPER_SIZES = {
 }
 #: The MERIT layer sizes the default Whisper tiny.en run uses (merit.training).
 WHISPER_MERIT_SIZES = dict(hidden_size=256, expert_hidden_size=512)
+#: Half as wide (recipe_search's ``-narrow`` rows): what MERIT's widths cost on a small encoder.
+WHISPER_NARROW_SIZES = dict(hidden_size=128, expert_hidden_size=256)
+#: The parts of a MERIT model timed one by one (top-level modules; the mixture runs per task).
+MERIT_PARTS = ("integration", "mixture", "ser_head", "se_head")
 
 
 class EncoderFloor(torch.nn.Module):
@@ -223,12 +227,48 @@ def flop_ratio(model: MeritModel, x: torch.Tensor) -> dict[str, float]:
     return {**counts, "flops_ratio": counts["sparse_flops"] / counts["encoder_flops"]}
 
 
+def time_parts(model: MeritModel, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median milliseconds per forward in each of :data:`MERIT_PARTS` (forward hooks, summed
+    over the calls of one forward) and in the rest (``encoder``: the backbone with its front
+    end, plus input checks and normalisation): where a ratio above the target comes from."""
+    spent: dict[str, float] = {}
+    started: dict[str, float] = {}
+    handles = []
+    for name in MERIT_PARTS:
+        module = getattr(model, name)
+
+        def before(_module, _args, name=name) -> None:
+            started[name] = time.perf_counter()
+
+        def after(_module, _args, _output, name=name) -> None:
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - started[name]
+
+        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    samples: dict[str, list[float]] = {name: [] for name in (*MERIT_PARTS, "encoder")}
+    try:
+        with torch.inference_mode():
+            model(x)  # warm-up
+            for _ in range(repeats):
+                spent.clear()
+                start = time.perf_counter()
+                model(x)
+                total = time.perf_counter() - start
+                for name in MERIT_PARTS:
+                    samples[name].append(1000 * spent[name])
+                samples["encoder"].append(1000 * (total - sum(spent.values())))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def whisper_ratios(
     repeats: int, seconds: float, batch: int = 1, merit_sizes: dict[str, int] | None = None
 ) -> dict[str, dict[str, float]]:
     """Sparse MERIT on Whisper tiny / base against the encoder alone, timed round-robin, with
-    the operation-count ratio beside the time ratio. ``merit_sizes`` (default: the default
-    run's, :data:`WHISPER_MERIT_SIZES`) lets a narrower or wider MERIT be timed the same way."""
+    the operation-count ratio beside the time ratio and the time of each part
+    (:func:`time_parts`, ``ms_*``). ``merit_sizes`` (default: the default run's,
+    :data:`WHISPER_MERIT_SIZES`) lets a narrower or wider MERIT be timed the same way."""
     from transformers import WhisperConfig
 
     out = {}
@@ -242,7 +282,8 @@ def whisper_ratios(
         model = MeritModel(config).eval()
         times = time_interleaved({"encoder": EncoderFloor(model), "sparse": model}, x, repeats)
         ratio = times["sparse"] / times["encoder"]
-        out[size] = {**times, "sparse_over_encoder": ratio, **flop_ratio(model, x)}
+        parts = {f"ms_{name}": ms for name, ms in time_parts(model, x, repeats).items()}
+        out[size] = {**times, "sparse_over_encoder": ratio, **flop_ratio(model, x), **parts}
         print(
             f"whisper-{size}: encoder {times['encoder']:.3f} s, sparse {times['sparse']:.3f} s, "
             f"operations x {out[size]['flops_ratio']:.3f}"
@@ -445,6 +486,7 @@ def main() -> None:
         }
     layer = expert_layer_ratio(repeats=10)
     whisper = whisper_ratios(repeats, args.seconds)
+    narrow = whisper_ratios(repeats, args.seconds, merit_sizes=WHISPER_NARROW_SIZES)
     train = training_throughput(steps=3 if args.quick else 6, batch=2, seconds=4.0)
 
     command = "python benchmarks/" + " ".join([Path(__file__).name, *sys.argv[1:]])
@@ -457,6 +499,7 @@ def main() -> None:
         "expert_layer": layer,
         "training_samples_per_second": train,
         "whisper": whisper,
+        "whisper_narrow": {"merit_sizes": WHISPER_NARROW_SIZES, **narrow},
         "targets": {
             "sparse_over_backbone <= 1.10": {
                 k: v["sparse_over_backbone"] <= 1.10 for k, v in ratios.items()
@@ -519,14 +562,32 @@ def main() -> None:
         "operations = torch's FlopCounterMode count, whole model over the floor, the ratio the "
         "time could reach if MERIT's layers ran as efficiently as the encoder's):",
         "",
-        "| encoder | encoder alone (s) | Sparse MERIT (s) | time ratio | GFLOP encoder -> "
-        "Sparse MERIT | operations ratio | target (time) |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| encoder | MERIT layers | encoder alone (s) | Sparse MERIT (s) | time ratio | "
+        "GFLOP encoder -> Sparse MERIT | operations ratio | target (time) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
         *(
-            f"| whisper-{k} | {v['encoder']:.3f} | {v['sparse']:.3f} | "
+            f"| whisper-{k} | {sizes['hidden_size']} / {sizes['expert_hidden_size']}{note} | "
+            f"{v['encoder']:.3f} | {v['sparse']:.3f} | "
             f"{v['sparse_over_encoder']:.3f} | {v['encoder_flops'] / 1e9:.2f} -> "
-            f"{v['sparse_flops'] / 1e9:.2f} | {v['flops_ratio']:.3f} | <= 1.10 |"
-            for k, v in whisper.items()
+            f"{v['sparse_flops'] / 1e9:.2f} | {v['flops_ratio']:.3f} | {target} |"
+            for rows_, sizes, note, target in (
+                (whisper, WHISPER_MERIT_SIZES, " (default)", "<= 1.10"),
+                (narrow, WHISPER_NARROW_SIZES, "", ""),
+            )
+            for k, v in rows_.items()
+        ),
+        "",
+        "Where a forward's time goes (ms, median of the same repeats, by forward hooks; "
+        "encoder = the rest of the forward: front end, encoder layers, input checks):",
+        "",
+        "| encoder | MERIT layers | encoder | " + " | ".join(MERIT_PARTS) + " |",
+        "|---|---|---:|" + "---:|" * len(MERIT_PARTS),
+        *(
+            f"| whisper-{k} | {sizes['hidden_size']} / {sizes['expert_hidden_size']} | "
+            + " | ".join(f"{v[f'ms_{name}']:.1f}" for name in ("encoder", *MERIT_PARTS))
+            + " |"
+            for rows_, sizes in ((whisper, WHISPER_MERIT_SIZES), (narrow, WHISPER_NARROW_SIZES))
+            for k, v in rows_.items()
         ),
     ]
     (args.out / "speed.md").write_text("\n".join(lines) + "\n")

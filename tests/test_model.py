@@ -130,6 +130,27 @@ def test_enhancement_head_reconstructs_like_torch_istft():
     torch.testing.assert_close(out.enhanced_waveform, x, atol=1e-5, rtol=1e-4)
 
 
+def test_mask_projects_before_interpolating_with_the_same_numbers():
+    """``predict_mask`` applies the first layer's context half at the backbone's frame rate and
+    interpolates after: it must equal the mask network on [interpolated frames, log-magnitude]
+    (the head as written in the paper), per utterance of a padded batch."""
+    model = make_model(tasks=["se"]).double().eval()
+    head = model.se_head
+    torch.nn.init.normal_(head.mask_out.weight, std=0.1)  # a mask that is not all pass-through
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 30, model.config.hidden_size, generator=gen, dtype=torch.float64)
+    magnitude = torch.rand(2, head.n_fft // 2 + 1, 61, generator=gen, dtype=torch.float64)
+    frame_lengths = torch.tensor([30, 17])
+    with torch.no_grad():
+        context = head.frames_to_stft(hidden, frame_lengths, magnitude.shape[-1])
+        features = torch.log(magnitude + 1e-5).transpose(1, 2)
+        inputs = torch.cat([context, features], -1)
+        expected = torch.sigmoid(head.mask_out(head.mask_net(inputs))).transpose(1, 2)
+        actual = head.predict_mask(hidden, frame_lengths, magnitude)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
+    assert actual.std() > 0.01
+
+
 @pytest.mark.parametrize("n_fft, hop", [(512, 160), (256, 80), (400, 160), (160, 160)])
 def test_overlap_add_equals_fold(n_fft, hop):
     """The enhancement head's overlap-add is ``F.fold`` (col2im) done by shifted additions."""

@@ -50,3 +50,24 @@ def test_each_extra_routed_expert_adds_its_two_matmuls_per_frame_and_task():
     # fc_in (h -> e) and fc_out (e -> h), 2 operations per multiply-add, for every frame of
     # each task's routing: the second expert per frame is exactly this much more work.
     assert two["sparse_flops"] - one["sparse_flops"] == tasks * frames * 2 * (h * e + e * h)
+
+
+def test_time_parts_times_each_merit_part_once_per_call_and_leaves_no_hooks():
+    """Every part is reported (the mixture summed over its two per-task calls), the parts
+    and the rest add up to a forward, and the model carries no timing hooks afterwards."""
+    model = _model(2)
+    x = torch.randn(1, 16000) * 0.1
+    calls = {name: 0 for name in speed.MERIT_PARTS}
+    for name in speed.MERIT_PARTS:
+        getattr(model, name).register_forward_hook(
+            lambda *_, name=name: calls.__setitem__(name, calls[name] + 1)
+        )
+    parts = speed.time_parts(model, x, repeats=3)
+    assert set(parts) == {*speed.MERIT_PARTS, "encoder"}
+    assert all(ms > 0 for ms in parts.values())
+    # warm-up + 3 repeats; the mixture runs once per task (SER and SE)
+    assert calls == {"integration": 8, "mixture": 8, "ser_head": 4, "se_head": 4}
+    for name in speed.MERIT_PARTS:
+        module = getattr(model, name)
+        assert not module._forward_pre_hooks
+        assert len(module._forward_hooks) == 1  # only this test's counter is left
