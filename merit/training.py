@@ -90,6 +90,7 @@ __all__ = [
     "MeritTrainingArguments",
     "ModelArguments",
     "NoisyTrainingSet",
+    "PerClassLengthGroupedSampler",
     "RunIdentity",
     "VARIANTS",
     "build_model",
@@ -97,6 +98,7 @@ __all__ = [
     "finish_run",
     "main",
     "make_compute_metrics",
+    "padding_ratio",
     "parse_args",
     "training_details",
     "variant_config_kwargs",
@@ -309,6 +311,14 @@ class MeritTrainingArguments(RunTrainingArguments):
             "fraction of --learning_rate; the authors use 0.5"
         },
     )
+    group_by_length_per_class: bool = field(
+        default=False,
+        metadata={
+            "help": "batches of similar lengths within each class, every class in its share "
+            "of a batch (PerClassLengthGroupedSampler): less padding than random batches "
+            "without the one-class batches of --train_sampling_strategy group_by_length"
+        },
+    )
     layer_weights_learning_rate_factor: float = field(
         default=1.0,
         metadata={
@@ -339,6 +349,11 @@ class MeritTrainingArguments(RunTrainingArguments):
         for flag in ("backbone_learning_rate_factor", "layer_weights_learning_rate_factor"):
             if not getattr(self, flag) > 0:
                 raise ValueError(f"--{flag} must be > 0, got {getattr(self, flag)}")
+        if self.group_by_length_per_class and self.train_sampling_strategy != "random":
+            raise ValueError(
+                "--group_by_length_per_class is a sampler of its own: it cannot go with "
+                f"--train_sampling_strategy {self.train_sampling_strategy}"
+            )
 
 
 def parse_args(
@@ -621,6 +636,15 @@ class MeritTrainer(Trainer):
         when such batches hold much more of one class than random ones would
         (:func:`length_grouping_skew`)."""
         train_dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if getattr(self.args, "group_by_length_per_class", False):
+            if not isinstance(train_dataset, NoisyTrainingSet) or train_dataset.labels() is None:
+                raise ValueError(
+                    "--group_by_length_per_class needs a training set with class labels"
+                )
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return PerClassLengthGroupedSampler(
+                batch, train_dataset.lengths(), train_dataset.labels()
+            )
         if self.args.train_sampling_strategy == "group_by_length" and isinstance(
             train_dataset, NoisyTrainingSet
         ):
@@ -794,6 +818,74 @@ def length_grouping_skew(
     return _majority_share(batches(list(grouped)), labels), _majority_share(
         batches(shuffled), labels
     )
+
+
+class PerClassLengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """Batches of similar lengths *within each class*, every class in its share of a batch.
+
+    Whole utterances in random batches are padded to the longest: on the embedded corpus the
+    encoder runs on 1.48x the audio there is. ``LengthGroupedSampler`` sorts a megabatch (50
+    batches) by length and cuts it, and where length tells the class (sad speech is slow)
+    those batches hold mostly one class, which stopped the emotion head from learning. Here
+    each class of a megabatch is sorted by length on its own and its utterances are ranked by
+    their place in that order (0 the shortest, 1 the longest); the megabatch is then cut in
+    rank order, so batch ``i`` takes about the ``i``-th slice of every class: lengths stay
+    close within a class, and each class keeps the share it has in the megabatch. The batches
+    of a megabatch are then shuffled.
+
+    With ``generator=None`` the order comes from the global RNG, which ``Trainer`` seeds (as
+    for its own samplers), so runs repeat.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        lengths: Sequence[int],
+        labels: Sequence,
+        megabatch_batches: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if len(lengths) != len(labels):
+            raise ValueError(
+                f"one length and one label per utterance: got {len(lengths)} lengths and "
+                f"{len(labels)} labels"
+            )
+        if batch_size < 1 or megabatch_batches < 1:
+            raise ValueError("batch_size and megabatch_batches must be at least 1")
+        self.batch_size = batch_size
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        classes = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+        self.classes = np.asarray([classes[label] for label in labels], dtype=np.int64)
+        self.megabatch = batch_size * megabatch_batches
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).numpy()
+        out: list[int] = []
+        for start in range(0, len(order), self.megabatch):
+            members = order[start : start + self.megabatch]
+            rank = np.empty(len(members))
+            for cls in np.unique(self.classes[members]):
+                where = np.flatnonzero(self.classes[members] == cls)
+                by_length = where[np.argsort(self.lengths[members[where]], kind="stable")]
+                rank[by_length] = (np.arange(len(by_length)) + 0.5) / len(by_length)
+            ranked = members[np.lexsort((self.classes[members], rank))]
+            batches = [
+                ranked[i : i + self.batch_size] for i in range(0, len(ranked), self.batch_size)
+            ]
+            for b in torch.randperm(len(batches), generator=self.generator).tolist():
+                out.extend(int(i) for i in batches[b])
+        return iter(out)
+
+
+def padding_ratio(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
+    """Samples the model runs on (every utterance padded to its batch's longest) over the
+    samples there are: what a batching costs in padding."""
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches if len(b))
+    return padded / sum(lengths[i] for b in batches for i in b)
 
 
 class NoisyTrainingSet(torch.utils.data.Dataset):

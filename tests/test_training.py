@@ -260,6 +260,82 @@ def test_length_grouping_skew_on_lengths_that_do_and_do_not_follow_the_class():
     assert abs(grouped - shuffled) < 0.05
 
 
+def _tied_lengths(n: int = 1600, seed: int = 1) -> tuple[list[int], list[int]]:
+    """Four classes whose lengths differ (as emotions do: sad is slow) and vary within each."""
+    rng = np.random.default_rng(seed)
+    labels = [int(c) for c in rng.integers(0, 4, n)]
+    lengths = [int(30000 + 6000 * c + rng.integers(0, 32000)) for c in labels]
+    return lengths, labels
+
+
+def _batches(order: list[int], size: int) -> list[list[int]]:
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def test_per_class_length_grouping_keeps_class_shares_and_cuts_padding():
+    """Every utterance once per pass; batches hold each class about in its share (as random
+    batches do, unlike ``LengthGroupedSampler``'s) with less padding than random batches; the
+    same generator seed gives the same order."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    lengths, labels = _tied_lengths()
+    sampler = training.PerClassLengthGroupedSampler(
+        16, lengths, labels, generator=torch.Generator().manual_seed(0)
+    )
+    order = list(iter(sampler))
+    assert sorted(order) == list(range(len(lengths))) and len(sampler) == len(lengths)
+    again = training.PerClassLengthGroupedSampler(
+        16, lengths, labels, generator=torch.Generator().manual_seed(0)
+    )
+    assert list(iter(again)) == order
+    per_class = _batches(order, 16)
+    shuffled = _batches([int(i) for i in torch.randperm(len(lengths)).tolist()], 16)
+    grouped = _batches(
+        list(LengthGroupedSampler(16, lengths=lengths, generator=torch.Generator())), 16
+    )
+    share = training._majority_share
+    # 4 classes in batches of 16: random batches' commonest class is ~0.39 of a batch
+    assert share(per_class, labels) < share(shuffled, labels) < 0.45 < share(grouped, labels)
+    ratio = training.padding_ratio
+    assert ratio(grouped, lengths) < ratio(per_class, lengths) < ratio(shuffled, lengths) - 0.1
+    assert ratio([[0], [1, 2]], [5, 3, 6]) == pytest.approx((5 + 12) / 14)
+
+
+def test_per_class_length_grouping_refuses_bad_input(tiny_corpus, tmp_path):
+    with pytest.raises(ValueError, match="one length and one label"):
+        training.PerClassLengthGroupedSampler(4, [1, 2, 3], ["a", "b"])
+    with pytest.raises(ValueError, match="at least 1"):
+        training.PerClassLengthGroupedSampler(0, [1], ["a"])
+    with pytest.raises(ValueError, match="cannot go with"):
+        training.MeritTrainingArguments(
+            output_dir=str(tmp_path),
+            group_by_length_per_class=True,
+            train_sampling_strategy="group_by_length",
+        )
+    from conftest import make_model
+
+    train = load_speech_dataset(str(tiny_corpus))["train"]
+    bank = NoiseBank.from_dir(tiny_corpus / "noise")
+    args = training.MeritTrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        group_by_length_per_class=True,
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        use_cpu=True,
+        report_to="none",
+    )
+    labelled = NoisyTrainingSet(train, NoisyMixer(bank), seed=0)
+    trainer = training.MeritTrainer(model=make_model(), args=args, train_dataset=labelled)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, training.PerClassLengthGroupedSampler)
+    assert list(sampler.lengths) == labelled.lengths()
+    unlabelled = NoisyTrainingSet(train.remove_columns("label"), NoisyMixer(bank), seed=0)
+    trainer = training.MeritTrainer(model=make_model(), args=args, train_dataset=unlabelled)
+    with pytest.raises(ValueError, match="class labels"):
+        trainer._get_train_sampler()
+
+
 def test_training_mixer_follows_the_data_flags(tiny_corpus):
     bank = NoiseBank.from_dir(tiny_corpus / "noise", "seen")
     _, data_args, _ = parse_args([])
