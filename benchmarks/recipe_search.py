@@ -214,6 +214,15 @@ LONGER: dict[str, tuple[int, tuple[str, ...]]] = {
         1000,
         ("--learning_rate", "0.002", *VOICES24, "--train_sampling_strategy", "group_by_length"),
     ),
+    # Added 2026-12-04 (ninth session): batches of similar length within each class
+    # (--group_by_length_per_class; merit.training.PerClassLengthGroupedSampler) run the
+    # encoder on 1.26x the audio instead of random batches' 1.48x, each class in its share
+    # (benchmarks/results/batching.md): at the default's steps, does the sampler change what
+    # is learned?
+    f"{PASSTHROUGH}-750steps-lr0.002-voices24-perclass": (
+        750,
+        ("--learning_rate", "0.002", *VOICES24, "--group_by_length_per_class", "True"),
+    ),
 }
 #: Rows that take more than the default run's 15-minute training budget on 2 CPU cores: they
 #: say what more training would buy, and the rule never picks them.

@@ -98,6 +98,7 @@ __all__ = [
     "finish_run",
     "main",
     "make_compute_metrics",
+    "majority_share",
     "padding_ratio",
     "parse_args",
     "training_details",
@@ -792,7 +793,7 @@ def make_compute_metrics(
 GROUPED_SKEW_WARNING = 0.10
 
 
-def _majority_share(batches: Sequence[Sequence[int]], labels: Sequence) -> float:
+def majority_share(batches: Sequence[Sequence[int]], labels: Sequence) -> float:
     """The mean share of each batch's commonest label."""
     shares = [Counter(labels[i] for i in b).most_common(1)[0][1] / len(b) for b in batches if b]
     return float(np.mean(shares))
@@ -815,7 +816,7 @@ def length_grouping_skew(
     generator = torch.Generator().manual_seed(seed)
     grouped = LengthGroupedSampler(batch_size, lengths=list(lengths), generator=generator)
     shuffled = np.random.default_rng(seed).permutation(len(lengths))
-    return _majority_share(batches(list(grouped)), labels), _majority_share(
+    return majority_share(batches(list(grouped)), labels), majority_share(
         batches(shuffled), labels
     )
 

@@ -293,7 +293,7 @@ def test_per_class_length_grouping_keeps_class_shares_and_cuts_padding():
     grouped = _batches(
         list(LengthGroupedSampler(16, lengths=lengths, generator=torch.Generator())), 16
     )
-    share = training._majority_share
+    share = training.majority_share
     # 4 classes in batches of 16: random batches' commonest class is ~0.39 of a batch
     assert share(per_class, labels) < share(shuffled, labels) < 0.45 < share(grouped, labels)
     ratio = training.padding_ratio
