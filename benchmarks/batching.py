@@ -19,14 +19,13 @@ what is measured the same way.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from common import ROOT, write_report
+from common import ROOT, write_json, write_report
 
 sys.path.insert(0, str(ROOT))
 
@@ -124,8 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         "samplers": stats,
         "step_seconds": step_seconds,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "batching.json").write_text(json.dumps(report, indent=2))
+    write_json(args.out / "batching.json", report)
     lines = [
         "# Training batches: padding and class mix (benchmarks/batching.py)",
         "",

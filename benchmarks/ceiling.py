@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import ROOT, write_report
+from common import ROOT, write_json, write_report
 
 sys.path.insert(0, str(ROOT))
 
@@ -87,7 +87,7 @@ def main() -> None:
         "default_model_clean_f1": model,
         "default_model_from": measured["command"] if measured else None,
     }
-    (RESULTS / "ceiling.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS / "ceiling.json", report)
 
     columns = list(groups)
     lines = [

@@ -28,7 +28,6 @@ Writes benchmarks/results/companions.md and companions.json with the command tha
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
@@ -44,6 +43,8 @@ from transformers import TrainingArguments, WavLMConfig, WavLMModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import write_json  # noqa: E402  (benchmarks/common.py, beside this script)
 
 from merit.adapter_training import AdapterArguments, train_adapter  # noqa: E402
 from merit.data import build_eval_sets, load_speech_dataset  # noqa: E402
@@ -407,7 +408,7 @@ def write_report(out: Path, report: dict[str, Any], result: EvaluationResult) ->
         format_markdown(subset(result, adapter_systems), ["f1_macro", "ssnr"]),
     ]
     (out / "companions.md").write_text("\n".join(md))
-    (out / "companions.json").write_text(json.dumps({**report, "rows": result.rows}, indent=2))
+    write_json(out / "companions.json", {**report, "rows": result.rows})
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, write_report
+from common import ROOT, write_json, write_report
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = "sparse"
@@ -114,9 +114,8 @@ def main() -> None:
     for seed in args.seeds:
         runs[seed], seconds[seed] = run_seed(seed, args.work_dir / f"seed-{seed}")
     table = summarize(runs)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "default_seeds.json").write_text(
-        json.dumps({"command": sys.argv, "seeds": args.seeds, "table": table}, indent=2) + "\n"
+    write_json(
+        RESULTS / "default_seeds.json", {"command": sys.argv, "seeds": args.seeds, "table": table}
     )
     lines = report(table, args.seeds, seconds)
     print("\n".join(lines))

@@ -16,13 +16,12 @@ Writes ``benchmarks/results/outside_corpus.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, write_report
+from common import ROOT, write_json, write_report
 
 sys.path.insert(0, str(ROOT))
 
@@ -115,7 +114,7 @@ def main() -> None:
         "f1_macro": {c: r.get("f1_macro") for c, r in rows.items()},
         "rows": result.rows,
     }
-    (RESULTS / "outside_corpus.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS / "outside_corpus.json", report)
     lines = [
         "# Outside the embedded corpus: new voices, new sentences, new noise types",
         "",

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import ROOT, write_report
+from common import ROOT, write_json, write_report
 
 sys.path.insert(0, str(ROOT))
 
@@ -85,7 +85,7 @@ def main() -> None:
         },
         "f1_macro": scores,
     }
-    (RESULTS / "per_speaker.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS / "per_speaker.json", report)
     names = list(models)
     lines = [
         "# Clean F1-macro per held-out speaker, with the speakers' habits",

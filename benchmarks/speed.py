@@ -30,6 +30,8 @@ from transformers import WavLMConfig, WavLMForSequenceClassification, WavLMModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import write_json, write_report  # noqa: E402  (benchmarks/common.py, beside this script)
+
 from modeling_merit import MeritConfig, MeritModel  # noqa: E402
 from modeling_merit.mixture_merit import MeritMixtureOfExperts  # noqa: E402
 
@@ -423,12 +425,8 @@ def write_release_report(result: dict, args: argparse.Namespace) -> None:
         "| our defaults (weighted sum, 8 experts, top-2, MLP SE head) "
         f"| {whole['our-preset']:.2f} | {whole['ours_over_backbone']:.2f} |",
     ]
-    out = args.out / "speed_release.md"
-    out.write_text("\n".join(lines) + "\n")
-    (args.out / "speed_release.json").write_text(
-        json.dumps({"command": command, **result}, indent=2) + "\n"
-    )
-    print(f"Wrote {out}")
+    write_report(args.out / "speed_release.md", lines)
+    write_json(args.out / "speed_release.json", {"command": command, **result})
 
 
 def main() -> None:
@@ -513,8 +511,7 @@ def main() -> None:
             },
         },
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(report, indent=2))
+    write_json(args.out / "speed.json", report)
     lines = [
         "# Speed and memory (benchmarks/speed.py)",
         "",
@@ -590,8 +587,8 @@ def main() -> None:
             for k, v in rows_.items()
         ),
     ]
-    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    write_report(args.out / "speed.md", lines)
 
 
 if __name__ == "__main__":

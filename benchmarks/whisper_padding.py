@@ -16,14 +16,13 @@ Writes ``benchmarks/results/whisper_padding.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, write_report
+from common import ROOT, write_json, write_report
 
 sys.path.insert(0, str(ROOT))
 
@@ -128,7 +127,7 @@ def main() -> None:
         print(layer, row, flush=True)
     report["seconds"] = seconds
     report["utterances"] = {k: len(v[1]) for k, v in sets.items()}
-    (RESULTS / "whisper_padding.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS / "whisper_padding.json", report)
     lines = [
         "# Whisper tiny.en on the actual length vs padded to 30 s (frozen encoder, linear probe)",
         "",
