@@ -242,6 +242,14 @@ LONGER: dict[str, tuple[int, tuple[str, ...]]] = {
         # 1500 took 1044 s, past the budget: 1200 is about what 15 minutes hold.
         for steps in (1500, 750, 1200)
     },
+    # The 1200-step bf16 recipe under two more seeds: the default was chosen over three.
+    **{
+        f"{PASSTHROUGH}-1200steps-lr0.002-voices24-bf16-seed{seed}": (
+            1200,
+            ("--learning_rate", "0.002", *VOICES24, "--bf16", "True", "--seed", str(seed)),
+        )
+        for seed in (1, 2)
+    },
 }
 #: Rows that take more than the default run's 15-minute training budget on 2 CPU cores: they
 #: say what more training would buy, and the rule never picks them.
