@@ -356,7 +356,7 @@ def run(
         start = time.perf_counter()
         subprocess.run(command, check=True, cwd=ROOT)
         seconds = time.perf_counter() - start
-    state = json.loads(sorted((out / name).glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    state = last_trainer_state(out / name)
     evals = [h for h in state["log_history"] if "eval_f1_macro" in h]
     best = max(evals, key=lambda h: h["eval_f1_macro"])
     step = best["step"]
@@ -384,6 +384,19 @@ def run(
         "seconds": None if seconds is None else round(seconds, 1),
         "device": _device_name(),
     }
+
+
+def last_trainer_state(run_dir: Path) -> dict:
+    """The trainer state of a run's latest checkpoint, which holds every evaluation.
+
+    Latest by step number: as text, ``checkpoint-800`` sorts after ``checkpoint-1200``, and
+    its state lacks the last evaluation.
+    """
+    states = list(run_dir.glob("checkpoint-*/trainer_state.json"))
+    if not states:
+        raise FileNotFoundError(f"no checkpoint with a trainer_state.json under {run_dir}")
+    latest = max(states, key=lambda path: int(path.parent.name.removeprefix("checkpoint-")))
+    return json.loads(latest.read_text())
 
 
 def _device_name() -> str:

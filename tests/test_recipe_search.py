@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -230,3 +231,15 @@ def test_runs_past_the_budget_are_never_picked():
     rows = [REFERENCE, _three(recipe_search.INCUMBENT, 0.84, 0.80, 0.48), _three(over, 1, 1, 1)]
     assert recipe_search.pick(rows)[0] == recipe_search.INCUMBENT
     assert recipe_search.OVER_BUDGET <= set(recipe_search.CANDIDATES)
+
+
+def test_last_trainer_state_is_the_highest_step_not_the_last_name(tmp_path):
+    for step in (400, 800, 1200):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        history = [{"step": s, "eval_f1_macro": s / 2000} for s in range(400, step + 1, 400)]
+        (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    state = recipe_search.last_trainer_state(tmp_path)
+    assert [h["step"] for h in state["log_history"]] == [400, 800, 1200]
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        recipe_search.last_trainer_state(tmp_path / "missing")
