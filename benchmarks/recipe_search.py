@@ -652,6 +652,7 @@ def main() -> None:
     kept = {r["name"]: r for r in json.loads(table.read_text())} if table.is_file() else {}
     for name in names:
         steps = LENGTHS.get(name, args.steps)
+        earlier = kept.get(name, {})
         kept[name] = run(
             name,
             CANDIDATES[name],
@@ -661,6 +662,8 @@ def main() -> None:
             backbone=args.backbone,
             device=args.eval_device,
         )
+        if kept[name]["seconds"] is None:  # measured again on a reused run: keep its time
+            kept[name]["seconds"] = earlier.get("seconds")
         table.write_text(json.dumps(_in_order(kept), indent=2) + "\n")
     rows = _in_order(kept)
     lines = [
