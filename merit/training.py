@@ -816,9 +816,7 @@ def length_grouping_skew(
     generator = torch.Generator().manual_seed(seed)
     grouped = LengthGroupedSampler(batch_size, lengths=list(lengths), generator=generator)
     shuffled = np.random.default_rng(seed).permutation(len(lengths))
-    return majority_share(batches(list(grouped)), labels), majority_share(
-        batches(shuffled), labels
-    )
+    return majority_share(batches(list(grouped)), labels), majority_share(batches(shuffled), labels)
 
 
 class PerClassLengthGroupedSampler(torch.utils.data.Sampler[int]):
