@@ -76,6 +76,10 @@ __all__ = [
     "emotion_prosody",
     "habit_sweep",
     "ideal_listener_scores",
+    "voice_blind_listener_scores",
+    "voice_level_and_brightness",
+    "VOICE_SHIFTED_CUES",
+    "VOICE_OFFSET_KEYS",
     "ensure_corpus",
     "synthesize",
     "synthesize_noise",
@@ -447,6 +451,129 @@ def ideal_listener_scores(
             for c in np.unique(centre + shift):
                 at = centre + shift == c
                 scores[at, k] += _cue_log_likelihood(x[at], c, sigma, width, low, high)
+    return scores
+
+
+#: The cues a voice colours: eSpeak's voices differ in their own level and spectral balance,
+#: so the loudness and tilt an utterance is rendered with are heard on top of its voice's.
+VOICE_SHIFTED_CUES: tuple[str, ...] = ("volume", "tilt")
+#: Row keys of a voice's own offsets: level in dB, brightness in tilt units.
+VOICE_OFFSET_KEYS = {"volume": "voice_level_offset", "tilt": "voice_tilt_offset"}
+# Brightness = band energy where the tilt acts over where it barely does (Hz).
+_BRIGHTNESS_BANDS = ((100.0, 1000.0), (2000.0, 6000.0))
+
+
+def voice_level_and_brightness(
+    voice: str, tilt: float = 0.0, num_sentences: int = 4
+) -> tuple[float, float]:
+    """A voice's own level (dB over its active 20 ms frames) and brightness (dB, 2-6 kHz
+    over 0.1-1 kHz) on the first ``num_sentences`` sentences rendered at the neutral class
+    centre with ``tilt``: the corpus's rendering, so the voices compare on equal prosody.
+
+    What the ideal listener of :func:`ideal_listener_scores` is not told: that a quiet or dark
+    voice sounds quiet or dark in every emotion (``benchmarks/ceiling.py`` measures how much).
+    """
+    if not 1 <= num_sentences <= len(SENTENCES):
+        raise ValueError(f"num_sentences must be in [1, {len(SENTENCES)}], got {num_sentences}")
+    prosody = replace(emotion_prosody("neutral"), tilt=float(tilt))
+    levels, brightness = [], []
+    for text in SENTENCES[:num_sentences]:
+        x = render_speech(text, voice, prosody).astype(np.float64)
+        frames = x[: len(x) // 320 * 320].reshape(-1, 320)
+        power = (frames**2).mean(axis=1)
+        levels.append(10 * np.log10(power[power > power.max() * 1e-3].mean()))
+        freqs, psd = signal.welch(x, SAMPLE_RATE, nperseg=512)
+        (lo_a, lo_b), (hi_a, hi_b) = _BRIGHTNESS_BANDS
+        high = psd[(freqs >= hi_a) & (freqs < hi_b)].sum()
+        low = psd[(freqs >= lo_a) & (freqs < lo_b)].sum()
+        brightness.append(10 * np.log10(high / low))
+    return float(np.mean(levels)), float(np.mean(brightness))
+
+
+def voice_blind_listener_scores(
+    rows: Sequence[Mapping[str, float]],
+    voice_cov: np.ndarray,
+    cues: Sequence[str] = PROSODY_CUES,
+    *,
+    emotions: Sequence[str] = EMOTIONS,
+    grid_size: int = 201,
+) -> np.ndarray:
+    """:func:`ideal_listener_scores` for a listener who has never heard the voice: loudness is
+    heard as the volume's level plus the voice's own (``voice_level_offset``, dB) and tilt as
+    the rendered tilt plus the voice's own brightness (``voice_tilt_offset``, tilt units), the
+    two offsets unknown to the listener but for their spread over voices, a Gaussian with
+    covariance ``voice_cov`` (2 x 2, level first). The other cues are heard exactly.
+
+    Habit-free loudness and tilt give the corpus's ideal listener most of its lead, yet
+    eSpeak's voices differ in level and brightness by more than the emotions do: this is
+    what one utterance of a new voice allows when nothing else about the audio tells its
+    voice's level. The listener ignores the part of the level the tilt adds (under 1.5 dB)
+    and the clipping of volume and tilt (beyond 4 standard deviations of the jitter).
+    """
+    cues = tuple(cues)
+    exact = tuple(c for c in cues if c not in VOICE_SHIFTED_CUES)
+    shifted = [c for c in VOICE_SHIFTED_CUES if c in cues]
+    if not shifted:
+        raise ValueError(f"cues must include one of {VOICE_SHIFTED_CUES}, got {list(cues)}")
+    cov = np.asarray(voice_cov, dtype=np.float64)
+    if cov.shape != (2, 2) or not np.allclose(cov, cov.T) or np.linalg.eigvalsh(cov).min() <= 0:
+        raise ValueError(f"voice_cov must be a 2 x 2 positive definite matrix, got {cov!r}")
+    scores = (
+        ideal_listener_scores(rows, exact, emotions=emotions)
+        if exact
+        else np.zeros((len(rows), len(emotions)))
+    )
+    index = [VOICE_SHIFTED_CUES.index(c) for c in shifted]
+    cov = cov[np.ix_(index, index)]
+    precision = np.linalg.inv(cov)
+    norm = 1.0 / np.sqrt((2 * np.pi) ** len(index) * np.linalg.det(cov))
+    # The grids: volume on a dB axis (the level a listener hears), tilt on its own.
+    volume_db = np.linspace(20 * np.log10(20.0), 20 * np.log10(_LIMITS["volume"][1]), grid_size)
+    tilt = np.linspace(-_TILT_LIMIT, _TILT_LIMIT, grid_size)
+    axes = {"volume": volume_db, "tilt": tilt}
+    j = _UTTERANCE_JITTER
+    weights = []  # per emotion, per cue: the prior mass of each grid point
+    for emotion in emotions:
+        centre = PROSODY[emotion]
+        per_cue = []
+        for cue in shifted:
+            if cue == "volume":
+                v = 10 ** (volume_db / 20)
+                density = (
+                    np.exp(-0.5 * ((v - centre.volume) / j.volume) ** 2)
+                    / (j.volume * np.sqrt(2 * np.pi))
+                    * v
+                    * np.log(10)
+                    / 20
+                )
+            else:
+                density = np.exp(-0.5 * ((tilt - centre.tilt) / j.tilt) ** 2) / (
+                    j.tilt * np.sqrt(2 * np.pi)
+                )
+            per_cue.append(density * (axes[cue][1] - axes[cue][0]))
+        weights.append(per_cue)
+
+    def heard(cue: str, row: Mapping[str, float]) -> float:
+        value = float(row[cue])
+        if cue == "volume":
+            value = 20 * np.log10(max(value, 1e-3))
+        return value + float(row[VOICE_OFFSET_KEYS[cue]])
+
+    observed = {c: np.array([heard(c, r) for r in rows]) for c in shifted}
+    for i in range(len(rows)):
+        d = [observed[c][i] - axes[c] for c in shifted]
+        if len(d) == 1:
+            kernel = norm * np.exp(-0.5 * precision[0, 0] * d[0] ** 2)
+            likelihood = [w[0] @ kernel for w in weights]
+        else:
+            q = (
+                precision[0, 0] * d[0][:, None] ** 2
+                + 2 * precision[0, 1] * d[0][:, None] * d[1][None, :]
+                + precision[1, 1] * d[1][None, :] ** 2
+            )
+            kernel = norm * np.exp(-0.5 * q)
+            likelihood = [w[0] @ kernel @ w[1] for w in weights]
+        scores[i] += np.log(np.maximum(likelihood, 1e-300))
     return scores
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -559,13 +560,13 @@ def test_ideal_listener_likelihoods_are_the_generative_densities() -> None:
         corpus.ideal_listener_scores([row], ("loudness",))
 
 
-def test_ideal_listener_is_near_perfect_and_habits_cost_it_little() -> None:
-    """On utterances drawn as the corpus draws them (habits from speaker_habits, jitter from
-    emotion_prosody), the Bayes decision beats a nearest-centre rule and knowing the habits
-    helps only a little; without loudness and tilt it loses much more."""
-    rng = np.random.default_rng(0)
+def _drawn_utterances(
+    seeds: Sequence[int], rng: np.random.Generator
+) -> tuple[list[dict], np.ndarray]:
+    """Utterance parameters drawn as the corpus draws them (habits from speaker_habits, jitter
+    from emotion_prosody), one per emotion for 20 speakers per seed, and their class ids."""
     rows, labels = [], []
-    for seed in range(10):
+    for seed in seeds:
         for h in corpus.speaker_habits(seed, 20):
             for emotion in corpus.EMOTIONS:
                 p = corpus.emotion_prosody(
@@ -577,7 +578,14 @@ def test_ideal_listener_is_near_perfect_and_habits_cost_it_little() -> None:
                 )
                 rows.append({**h, **{c: getattr(p, c) for c in corpus.PROSODY_CUES}})
                 labels.append(corpus.EMOTIONS.index(emotion))
-    labels = np.array(labels)
+    return rows, np.array(labels)
+
+
+def test_ideal_listener_is_near_perfect_and_habits_cost_it_little() -> None:
+    """On utterances drawn as the corpus draws them (habits from speaker_habits, jitter from
+    emotion_prosody), the Bayes decision beats a nearest-centre rule and knowing the habits
+    helps only a little; without loudness and tilt it loses much more."""
+    rows, labels = _drawn_utterances(range(10), np.random.default_rng(0))
 
     def accuracy(scores: np.ndarray) -> float:
         return float((scores.argmax(1) == labels).mean())
@@ -595,6 +603,52 @@ def test_ideal_listener_is_near_perfect_and_habits_cost_it_little() -> None:
     )
     assert 0.93 < ideal < known <= 1.0 and known - ideal < 0.03
     assert nearest < ideal and shifted < ideal - 0.1
+
+
+def test_voice_blind_listener_convolves_the_voice_spread() -> None:
+    """Tilt heard through an unknown voice brightness is the jitter's Gaussian widened by the
+    voice spread (exact for Gaussians); a tiny spread gives back the ideal listener's
+    decisions; a wide one makes loudness worthless; a quiet voice reads as sad."""
+    from scipy import stats
+
+    row = {"rate": 165.0, "pitch": 48.0, "pitch_range": 40.0, "volume": 95.0, "tilt": 0.1}
+    offsets = {"voice_level_offset": 0.0, "voice_tilt_offset": 0.2}
+    cov = np.array([[4.0, 0.0], [0.0, 0.09]])
+    scores = corpus.voice_blind_listener_scores([{**row, **offsets}], cov, ("tilt",))
+    for k, emotion in enumerate(corpus.EMOTIONS):
+        expected = stats.norm.pdf(0.3, corpus.PROSODY[emotion].tilt, np.sqrt(0.12**2 + 0.09))
+        assert np.exp(scores[0, k]) == pytest.approx(expected, rel=1e-3)
+
+    drawn, _ = _drawn_utterances([3], np.random.default_rng(1))
+    rows = [{**r, "voice_level_offset": 0.0, "voice_tilt_offset": 0.0} for r in drawn]
+    ideal = corpus.ideal_listener_scores(rows).argmax(1)
+    tiny = corpus.voice_blind_listener_scores(rows, np.diag([1e-4, 1e-6])).argmax(1)
+    assert (tiny == ideal).mean() >= 0.97
+    cues = ("rate", "pitch", "pitch_range", "volume")
+    deaf = corpus.voice_blind_listener_scores(rows, np.diag([1e4, 1.0]), cues).argmax(1)
+    without = corpus.ideal_listener_scores(rows, cues[:3]).argmax(1)
+    assert (deaf == without).mean() >= 0.97
+
+    # The neutral centre from a voice 5 dB quieter than the listener expects: "sad".
+    quiet = {**row, "tilt": 0.0, "voice_level_offset": -5.0, "voice_tilt_offset": 0.0}
+    sure = corpus.voice_blind_listener_scores([quiet], np.diag([0.01, 0.01]), ("volume",))
+    assert corpus.EMOTIONS[sure[0].argmax()] == "sad"
+    with pytest.raises(ValueError, match="positive definite"):
+        corpus.voice_blind_listener_scores([quiet], np.eye(3))
+    with pytest.raises(ValueError, match="must include one of"):
+        corpus.voice_blind_listener_scores([quiet], np.eye(2), ("rate",))
+
+
+def test_voice_level_and_brightness_follow_the_rendering() -> None:
+    """A brighter tilt raises the measured brightness by its calibrated 6 dB or so per tilt
+    unit; a voice known to be quiet (klatt) measures well under another."""
+    level, bright = corpus.voice_level_and_brightness("en-us+m1", num_sentences=1)
+    _, brighter = corpus.voice_level_and_brightness("en-us+m1", tilt=0.45, num_sentences=1)
+    other, _ = corpus.voice_level_and_brightness("en+klatt", num_sentences=1)
+    assert 2.0 < brighter - bright < 4.0
+    assert other < level - 5.0
+    with pytest.raises(ValueError, match="num_sentences"):
+        corpus.voice_level_and_brightness("en-us+m1", num_sentences=0)
 
 
 def test_habit_sweep_moves_the_habits_and_nothing_else(tiny: Path) -> None:
