@@ -50,6 +50,7 @@ __all__ = [
     "GAIN_LIMIT_DB",
     "SPEED_LIMITS",
     "build_eval_sets",
+    "change_brightness",
     "change_speed",
     "check_labels",
     "load_speech_dataset",
@@ -730,6 +731,60 @@ def change_speed(signal: np.ndarray, factor: float, sampling_rate: int = 16000) 
     return fast.numpy()
 
 
+#: Where :func:`change_brightness`'s shelf turns (Hz): the corpus's voices differ most in
+#: energy above 2 kHz against below 1 kHz (``merit.corpus.voice_level_and_brightness``).
+BRIGHTNESS_SHELF_HZ = 2000.0
+#: The largest brightness change (dB) either way.
+BRIGHTNESS_LIMIT_DB = 20.0
+
+
+def change_brightness(signal: np.ndarray, gain_db: float, sampling_rate: int = 16000) -> np.ndarray:
+    """Raise (or lower) everything above :data:`BRIGHTNESS_SHELF_HZ` by ``gain_db``: a brighter
+    or darker voice at the same level below the shelf (``torchaudio.functional.treble_biquad``,
+    a high shelf). 0 returns the input unchanged.
+
+    The biquad clamps its output to [-1, 1], so it runs on a copy scaled well under full
+    scale and the result is scaled back (a linear filter commutes with the scaling); the
+    caller keeps the level at or under full scale.
+    """
+    gain_db = float(gain_db)
+    if not (math.isfinite(gain_db) and abs(gain_db) <= BRIGHTNESS_LIMIT_DB):
+        raise ValueError(
+            f"brightness gain must be within +-{BRIGHTNESS_LIMIT_DB:g} dB, got {gain_db}"
+        )
+    if gain_db == 0.0:
+        return signal
+    x = np.asarray(signal, np.float64)
+    headroom = 4.0 * 10 ** (max(gain_db, 0.0) / 20) * max(float(np.max(np.abs(x), initial=0)), 1.0)
+    shelved = AF.treble_biquad(
+        torch.from_numpy(x / headroom), sampling_rate, gain_db, central_freq=BRIGHTNESS_SHELF_HZ
+    )
+    if float(shelved.abs().max()) >= 1.0:  # clamped: the scaling above did not leave room
+        raise RuntimeError("change_brightness: the shelf filter clipped; lower the gain")
+    return (shelved.numpy() * headroom).astype(np.float32)
+
+
+def _db_range(name: str, value: Sequence[float] | None, limit: float) -> tuple[float, float] | None:
+    """A (low, high) range in dB for an augmentation, or None when it is off ((0, 0))."""
+    if value is None:
+        return None
+    if len(value) != 2:
+        raise ValueError(f"{name} must be (low, high), got {value}")
+    low, high = float(value[0]), float(value[1])
+    if not (math.isfinite(low) and math.isfinite(high) and -limit <= low <= high <= limit):
+        raise ValueError(
+            f"{name} must be (low, high) with -{limit:g} <= low <= high <= {limit:g}, got {value}"
+        )
+    return None if (low, high) == (0.0, 0.0) else (low, high)
+
+
+def _under_full_scale(signal: np.ndarray) -> np.ndarray:
+    """float32, scaled down to full scale when louder: an augmented copy, never a clipped one."""
+    signal = np.asarray(signal, np.float32)
+    peak = float(np.max(np.abs(signal), initial=0.0))
+    return signal / peak if peak > 1.0 else signal
+
+
 def mix_at_snr(
     clean: np.ndarray | torch.Tensor, noise: np.ndarray | torch.Tensor, snr_db: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -800,6 +855,10 @@ class NoisyMixer:
     yet a model that only ever heard 14 voices at their own levels takes quiet for sad.
     ``(0, 0)`` is off and draws nothing.
 
+    ``brightness_range_db`` then raises or lowers everything above 2 kHz by a gain drawn
+    uniformly from the range (:func:`change_brightness`): voices differ in brightness too,
+    by more than the emotions' spectral tilt does. ``(0, 0)`` is off.
+
     ``speed_range`` turns on speed perturbation (Ko et al., 2015) before cropping and mixing:
     each utterance is resampled by a factor drawn uniformly from the range (on a 0.01 grid, which
     keeps ``torchaudio.functional.speed``'s resampling kernels small), which moves pitch,
@@ -822,6 +881,7 @@ class NoisyMixer:
         max_seconds: float | None = None,
         speed_range: tuple[float, float] | None = None,
         gain_range_db: tuple[float, float] | None = None,
+        brightness_range_db: tuple[float, float] | None = None,
         sampling_rate: int = 16000,
     ) -> None:
         low, high = (float(v) for v in snr_range)
@@ -843,21 +903,11 @@ class NoisyMixer:
                 )
             if speed_range == (1.0, 1.0):  # off: draws nothing, so the noise stream is as without
                 speed_range = None
-        if gain_range_db is not None:
-            if len(gain_range_db) != 2:
-                raise ValueError(f"gain_range_db must be (low, high), got {gain_range_db}")
-            gain_range_db = (float(gain_range_db[0]), float(gain_range_db[1]))
-            if not (
-                all(math.isfinite(v) for v in gain_range_db)
-                and -GAIN_LIMIT_DB <= gain_range_db[0] <= gain_range_db[1] <= GAIN_LIMIT_DB
-            ):
-                raise ValueError(
-                    f"gain_range_db must be (low, high) with -{GAIN_LIMIT_DB:g} <= low <= high "
-                    f"<= {GAIN_LIMIT_DB:g}, got {gain_range_db}"
-                )
-            if gain_range_db == (0.0, 0.0):  # off: draws nothing
-                gain_range_db = None
-        self.gain_range_db = gain_range_db
+        # (0, 0) is off and draws nothing, so the noise stream is as without.
+        self.gain_range_db = _db_range("gain_range_db", gain_range_db, GAIN_LIMIT_DB)
+        self.brightness_range_db = _db_range(
+            "brightness_range_db", brightness_range_db, BRIGHTNESS_LIMIT_DB
+        )
         self.speed_range = speed_range
         self.noise_bank = noise_bank
         self.label2id = label2id
@@ -889,10 +939,10 @@ class NoisyMixer:
             clean = clean[start : start + self.max_samples]
         if self.gain_range_db is not None:
             gain = 10.0 ** (rng.uniform(*self.gain_range_db) / 20.0)
-            clean = (clean * gain).astype(np.float32)
-            peak = float(np.max(np.abs(clean))) if len(clean) else 0.0
-            if peak > 1.0:  # a louder copy, never a clipped one
-                clean = clean / peak
+            clean = _under_full_scale(clean * gain)
+        if self.brightness_range_db is not None:
+            gain_db = rng.uniform(*self.brightness_range_db)
+            clean = _under_full_scale(change_brightness(clean, gain_db, self.sampling_rate))
         if rng.random() < self.clean_prob:
             out = _corrupt(clean, None, None, rng)
         else:

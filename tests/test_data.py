@@ -889,15 +889,24 @@ def test_command_line_name_lists_and_optional_columns():
     assert data_module.optional_column("None") is None and data_module.optional_column("") is None
 
 
-def test_gain_augmentation_scales_level_before_the_noise_and_never_clips(tiny_corpus):
+def _clean_and_augmented(tiny_corpus, **augmentation):
+    """One training file through a clean-only mixer without and with ``augmentation``: the
+    seen noise bank, the plain clean signal and the augmented mixer's output."""
     from merit.data import NoiseBank, NoisyMixer
 
     bank = NoiseBank.from_dir(tiny_corpus / "noise", split="seen")
     example = {"audio": str(next((tiny_corpus / "train").glob("*.wav")))}
-    plain = NoisyMixer(bank, clean_prob=1.0)
-    loud = NoisyMixer(bank, clean_prob=1.0, gain_range_db=(6.0, 6.0))
-    a = plain.mix_example(example, np.random.default_rng(0))["clean_values"]
-    b = loud.mix_example(example, np.random.default_rng(0))["clean_values"]
+    plain = NoisyMixer(bank, clean_prob=1.0).mix_example(example, np.random.default_rng(0))
+    mixer = NoisyMixer(bank, clean_prob=1.0, **augmentation)
+    return bank, plain["clean_values"], mixer.mix_example(example, np.random.default_rng(0))
+
+
+def test_gain_augmentation_scales_level_before_the_noise_and_never_clips(tiny_corpus):
+    from merit.data import NoisyMixer
+
+    bank, a, loud = _clean_and_augmented(tiny_corpus, gain_range_db=(6.0, 6.0))
+    b = loud["clean_values"]
+    example = {"audio": str(next((tiny_corpus / "train").glob("*.wav")))}
     expected = a * 10 ** (6 / 20)
     if np.max(np.abs(expected)) > 1:
         expected = expected / np.max(np.abs(expected))
@@ -910,3 +919,41 @@ def test_gain_augmentation_scales_level_before_the_noise_and_never_clips(tiny_co
     for bad in [(5.0, -5.0), (-40.0, 0.0), (float("nan"), 1.0), (1.0,)]:
         with pytest.raises(ValueError, match="gain_range_db"):
             NoisyMixer(bank, gain_range_db=bad)
+
+
+def test_change_brightness_moves_only_what_is_above_the_shelf():
+    """A +6 dB shelf doubles a 5 kHz tone and leaves a 200 Hz one alone; -6 halves the high
+    one; loud input is not clamped by the biquad; 0 is the identity; bad gains fail."""
+    from merit.data import change_brightness
+
+    t = np.arange(16000) / 16000
+
+    def gain_db(freq: float, shelf: float, amplitude: float = 0.5) -> float:
+        tone = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+        out = change_brightness(tone, shelf)
+        return 20 * np.log10(np.std(out[4000:]) / np.std(tone[4000:]))
+
+    assert gain_db(5000, 6.0) == pytest.approx(6.0, abs=0.3)
+    assert gain_db(5000, -6.0) == pytest.approx(-6.0, abs=0.3)
+    assert abs(gain_db(200, 6.0)) < 0.3
+    assert gain_db(5000, 12.0, amplitude=0.99) == pytest.approx(12.0, abs=0.5)  # past 1: kept
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    assert change_brightness(tone, 0.0) is tone
+    for bad in (25.0, float("nan")):
+        with pytest.raises(ValueError, match="brightness gain"):
+            change_brightness(tone, bad)
+
+
+def test_brightness_augmentation_reaches_the_se_target_and_stays_under_full_scale(tiny_corpus):
+    from merit.data import NoisyMixer, change_brightness
+
+    bank, a, out = _clean_and_augmented(tiny_corpus, brightness_range_db=(9.0, 9.0))
+    expected = change_brightness(a, 9.0)
+    expected = expected / max(1.0, float(np.max(np.abs(expected))))
+    np.testing.assert_allclose(out["clean_values"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["input_values"], out["clean_values"])
+    assert np.max(np.abs(out["clean_values"])) <= 1.0
+    assert NoisyMixer(bank, brightness_range_db=(0.0, 0.0)).brightness_range_db is None
+    for bad in [(3.0, -3.0), (-30.0, 0.0), (1.0,)]:
+        with pytest.raises(ValueError, match="brightness_range_db"):
+            NoisyMixer(bank, brightness_range_db=bad)
