@@ -51,6 +51,7 @@ __all__ = [
     "SPEED_LIMITS",
     "build_eval_sets",
     "change_brightness",
+    "change_pitch",
     "change_speed",
     "check_labels",
     "load_speech_dataset",
@@ -731,6 +732,45 @@ def change_speed(signal: np.ndarray, factor: float, sampling_rate: int = 16000) 
     return fast.numpy()
 
 
+#: The largest pitch shift (semitones) :func:`change_pitch` accepts either way.
+PITCH_SHIFT_LIMIT = 6.0
+
+
+def change_pitch(
+    signal: np.ndarray, semitones: float, sampling_rate: int = 16000, n_fft: int = 512
+) -> np.ndarray:
+    """Move pitch and formants by ``semitones`` at the same duration and level: another
+    speaker's vocal tract and voice at the same speaking rate and loudness.
+
+    :func:`change_speed` by the factor ``2 ** (semitones / 12)`` (rounded to its 0.01 grid),
+    then a phase vocoder (``torchaudio.functional.phase_vocoder``) stretches the result back
+    to the input's length. The vocoder smears the phase of broadband speech, which costs
+    about 3 dB of level on the corpus's voices; loudness is an emotion cue, so the output is
+    scaled back to the input's RMS. A shift that rounds to factor 1 returns the input
+    unchanged.
+    """
+    semitones = float(semitones)
+    if not (math.isfinite(semitones) and abs(semitones) <= PITCH_SHIFT_LIMIT):
+        raise ValueError(
+            f"pitch shift must be within +-{PITCH_SHIFT_LIMIT:g} semitones, got {semitones}"
+        )
+    factor = round(2.0 ** (semitones / 12.0), 2)
+    if factor == 1.0 or len(signal) == 0:
+        return signal
+    hop = n_fft // 4
+    shifted = torch.from_numpy(change_speed(signal, factor, sampling_rate))
+    window = torch.hann_window(n_fft)
+    spec = torch.stft(shifted, n_fft, hop, window=window, return_complex=True)
+    advance = torch.linspace(0.0, math.pi * hop, spec.shape[-2])[:, None]
+    stretched = AF.phase_vocoder(spec, 1.0 / factor, advance)
+    out = torch.istft(stretched, n_fft, hop, window=window, length=len(signal)).numpy()
+    rms_in = float(np.sqrt(np.mean(np.square(signal, dtype=np.float64))))
+    rms_out = float(np.sqrt(np.mean(np.square(out, dtype=np.float64))))
+    if rms_out > 0:
+        out = out * (rms_in / rms_out)
+    return out.astype(np.float32)
+
+
 #: Where :func:`change_brightness`'s shelf turns (Hz): the corpus's voices differ most in
 #: energy above 2 kHz against below 1 kHz (``merit.corpus.voice_level_and_brightness``).
 BRIGHTNESS_SHELF_HZ = 2000.0
@@ -765,7 +805,8 @@ def change_brightness(signal: np.ndarray, gain_db: float, sampling_rate: int = 1
 
 
 def _db_range(name: str, value: Sequence[float] | None, limit: float) -> tuple[float, float] | None:
-    """A (low, high) range in dB for an augmentation, or None when it is off ((0, 0))."""
+    """A (low, high) range (dB, or semitones) for an augmentation, or None when it is off
+    ((0, 0))."""
     if value is None:
         return None
     if len(value) != 2:
@@ -859,6 +900,12 @@ class NoisyMixer:
     uniformly from the range (:func:`change_brightness`): voices differ in brightness too,
     by more than the emotions' spectral tilt does. ``(0, 0)`` is off.
 
+    ``pitch_shift_semitones`` moves pitch and formants of each utterance, with probability
+    ``pitch_shift_prob``, by a shift drawn uniformly from the range (:func:`change_pitch`),
+    at the same rate and level: eSpeak's voices differ from each other mostly in formants and
+    pitch, and pitch level is the emotion cue the corpus's ideal listener can best do
+    without. ``(0, 0)`` is off and draws nothing.
+
     ``speed_range`` turns on speed perturbation (Ko et al., 2015) before cropping and mixing:
     each utterance is resampled by a factor drawn uniformly from the range (on a 0.01 grid, which
     keeps ``torchaudio.functional.speed``'s resampling kernels small), which moves pitch,
@@ -882,6 +929,8 @@ class NoisyMixer:
         speed_range: tuple[float, float] | None = None,
         gain_range_db: tuple[float, float] | None = None,
         brightness_range_db: tuple[float, float] | None = None,
+        pitch_shift_semitones: tuple[float, float] | None = None,
+        pitch_shift_prob: float = 0.5,
         sampling_rate: int = 16000,
     ) -> None:
         low, high = (float(v) for v in snr_range)
@@ -908,6 +957,12 @@ class NoisyMixer:
         self.brightness_range_db = _db_range(
             "brightness_range_db", brightness_range_db, BRIGHTNESS_LIMIT_DB
         )
+        self.pitch_shift_semitones = _db_range(
+            "pitch_shift_semitones", pitch_shift_semitones, PITCH_SHIFT_LIMIT
+        )
+        if not 0.0 <= pitch_shift_prob <= 1.0:
+            raise ValueError(f"pitch_shift_prob must be in [0, 1], got {pitch_shift_prob}")
+        self.pitch_shift_prob = pitch_shift_prob
         self.speed_range = speed_range
         self.noise_bank = noise_bank
         self.label2id = label2id
@@ -934,6 +989,10 @@ class NoisyMixer:
         clean = load_audio(example["audio"], self.sampling_rate)
         if self.speed_range is not None:
             clean = change_speed(clean, rng.uniform(*self.speed_range), self.sampling_rate)
+        if self.pitch_shift_semitones is not None:
+            shift = rng.uniform(*self.pitch_shift_semitones)
+            if rng.random() < self.pitch_shift_prob:
+                clean = _under_full_scale(change_pitch(clean, shift, self.sampling_rate))
         if self.max_samples is not None and len(clean) > self.max_samples:
             start = int(rng.integers(len(clean) - self.max_samples + 1))
             clean = clean[start : start + self.max_samples]

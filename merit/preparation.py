@@ -175,6 +175,18 @@ class DataArguments:
             "brightness by 5.6 dB (standard deviation, benchmarks/results/ceiling.md)"
         },
     )
+    pitch_shift_semitones: list[float] = field(
+        default_factory=lambda: [0.0, 0.0],
+        metadata={
+            "help": "pitch augmentation: pitch and formants of a training utterance moved by "
+            "a shift drawn uniformly from [low, high] semitones at the same rate and level "
+            "(merit.data.change_pitch), another voice saying it; 0 0 = off"
+        },
+    )
+    pitch_shift_prob: float = field(
+        default=0.5,
+        metadata={"help": "share of training utterances --pitch_shift_semitones shifts"},
+    )
     extra_train_voices: int | None = field(
         default=None,
         metadata={
@@ -288,6 +300,10 @@ def training_audio_text(data_args: DataArguments) -> str:
     bright = tuple(getattr(data_args, "brightness_range_db", (0, 0)))
     if bright != (0, 0):
         text += f", brightness {bright[0]:+g} to {bright[1]:+g} dB above 2 kHz"
+    pitch = tuple(getattr(data_args, "pitch_shift_semitones", (0, 0)))
+    if pitch != (0, 0):
+        share = 100 * getattr(data_args, "pitch_shift_prob", 0.5)
+        text += f", pitch {pitch[0]:+g} to {pitch[1]:+g} semitones on {share:g} %"
     return text
 
 
@@ -312,6 +328,8 @@ def training_mixer(
         speed_range=None if speed is None else tuple(speed),
         gain_range_db=tuple(data_args.gain_range_db),
         brightness_range_db=tuple(data_args.brightness_range_db),
+        pitch_shift_semitones=tuple(data_args.pitch_shift_semitones),
+        pitch_shift_prob=data_args.pitch_shift_prob,
     )
 
 

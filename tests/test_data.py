@@ -944,6 +944,51 @@ def test_change_brightness_moves_only_what_is_above_the_shelf():
             change_brightness(tone, bad)
 
 
+def _peak_hz(signal: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(signal * np.hanning(len(signal))))
+    return float(np.fft.rfftfreq(len(signal), 1 / 16000)[spectrum.argmax()])
+
+
+def test_change_pitch_moves_pitch_at_the_same_length_and_level():
+    """+-2 semitones moves a 440 Hz tone to 440 x 1.12 / 0.89 Hz (the 0.01 speed grid) at the
+    same length and RMS; a shift under the grid's step is the identity; bad shifts fail."""
+    from merit.data import change_pitch
+
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)).astype(np.float32)
+    for semitones, factor in ((2.0, 1.12), (-2.0, 0.89)):
+        out = change_pitch(tone, semitones)
+        assert out.shape == tone.shape and out.dtype == np.float32
+        assert _peak_hz(out[4000:-4000]) == pytest.approx(440 * factor, abs=2.0)
+        level = 20 * np.log10(np.std(out) / np.std(tone))
+        assert level == pytest.approx(0.0, abs=0.01)
+    assert change_pitch(tone, 0.05) is tone  # 2 ** (0.05 / 12) rounds to 1.00
+    for bad in (7.0, float("nan")):
+        with pytest.raises(ValueError, match="pitch shift"):
+            change_pitch(tone, bad)
+
+
+def test_pitch_augmentation_reaches_the_se_target_on_its_share_of_utterances(tiny_corpus):
+    from merit.data import NoisyMixer, change_pitch
+
+    bank, a, out = _clean_and_augmented(
+        tiny_corpus, pitch_shift_semitones=(-2.0, -2.0), pitch_shift_prob=1.0
+    )
+    expected = change_pitch(a, -2.0)
+    expected = expected / max(1.0, float(np.max(np.abs(expected))))
+    np.testing.assert_allclose(out["clean_values"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["input_values"], out["clean_values"])
+    _, a, never = _clean_and_augmented(
+        tiny_corpus, pitch_shift_semitones=(-2.0, -2.0), pitch_shift_prob=0.0
+    )
+    np.testing.assert_array_equal(never["clean_values"], a)
+    assert NoisyMixer(bank, pitch_shift_semitones=(0.0, 0.0)).pitch_shift_semitones is None
+    for bad in [(2.0, -2.0), (-8.0, 0.0), (1.0,)]:
+        with pytest.raises(ValueError, match="pitch_shift_semitones"):
+            NoisyMixer(bank, pitch_shift_semitones=bad)
+    with pytest.raises(ValueError, match="pitch_shift_prob"):
+        NoisyMixer(bank, pitch_shift_semitones=(-1.0, 1.0), pitch_shift_prob=1.5)
+
+
 def test_brightness_augmentation_reaches_the_se_target_and_stays_under_full_scale(tiny_corpus):
     from merit.data import NoisyMixer, change_brightness
 
