@@ -67,8 +67,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_DATASET_NAME = "merit embedded eSpeak corpus"
 #: More eSpeak voices in the embedded corpus's training split when ``--extra_train_voices`` is
 #: not given: with its 14 training voices alone the models scored 42-54 % on voices no split
-#: uses; all 24 extra voices lift that to 62-67 % (three seeds each on validation:
-#: ``benchmarks/results/recipe_search_h200.md``).
+#: uses; 24 extra voices lift that to 62-67 % (three seeds each on validation:
+#: ``benchmarks/results/recipe_search_h200.md``). The corpus has 40 extra voices.
 DEFAULT_EXTRA_TRAIN_VOICES = 24
 
 
@@ -191,7 +191,7 @@ class DataArguments:
         default=None,
         metadata={
             "help": "embedded corpus only: this many more eSpeak voices in its training split "
-            f"(0-24; merit.corpus.EXTRA_TRAIN_VOICES; default {DEFAULT_EXTRA_TRAIN_VOICES}, "
+            f"(0-40; merit.corpus.EXTRA_TRAIN_VOICES; default {DEFAULT_EXTRA_TRAIN_VOICES}, "
             "chosen on validation), validation and test unchanged; 0 trains on the corpus's "
             "14 training voices alone. Not for --dataset"
         },

@@ -722,9 +722,9 @@ def test_extra_train_voices_are_new_to_every_held_out_set() -> None:
 
     extra = corpus.EXTRA_TRAIN_VOICES
     names = [v.name for v in extra]
-    assert len(set(names)) == len(names) == 24
+    assert len(set(names)) == len(names) == 40
     # any prefix is gender balanced (interleaved), like the corpus voices
-    assert [v.gender for v in extra] == ["male", "female"] * 12
+    assert [v.gender for v in extra] == ["male", "female"] * 20
     speakers = corpus._plan_speakers(0, 20)
     held_out = {s.voice.name for s in speakers if s.split != "train"}
     held_out |= {v.name for v in corpus.VALIDATION_VOICES} | set(outside_corpus.VOICES)
