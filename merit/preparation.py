@@ -72,6 +72,11 @@ DEFAULT_DATASET_NAME = "merit embedded eSpeak corpus"
 DEFAULT_EXTRA_TRAIN_VOICES = 24
 
 
+def _off_range(help_text: str) -> Any:
+    """A ``[low, high]`` augmentation range flag, off (``0 0``) unless given."""
+    return field(default_factory=lambda: [0.0, 0.0], metadata={"help": help_text})
+
+
 @dataclass
 class DataArguments:
     """Where the speech and noise come from and how training examples are corrupted."""
@@ -159,29 +164,20 @@ class DataArguments:
             "habit sweep and new voices chose: benchmarks/results/recipe_search.md"
         },
     )
-    gain_range_db: list[float] = field(
-        default_factory=lambda: [0.0, 0.0],
-        metadata={
-            "help": "level augmentation: each training utterance scaled by a gain drawn "
-            "uniformly from [low, high] dB (0 0 = off)"
-        },
+    gain_range_db: list[float] = _off_range(
+        "level augmentation: each training utterance scaled by a gain drawn "
+        "uniformly from [low, high] dB (0 0 = off)"
     )
-    brightness_range_db: list[float] = field(
-        default_factory=lambda: [0.0, 0.0],
-        metadata={
-            "help": "brightness augmentation: everything above 2 kHz in each training "
-            "utterance raised or lowered by a gain drawn uniformly from [low, high] dB "
-            "(merit.data.change_brightness; 0 0 = off): the corpus's voices differ in "
-            "brightness by 5.6 dB (standard deviation, benchmarks/results/ceiling.md)"
-        },
+    brightness_range_db: list[float] = _off_range(
+        "brightness augmentation: everything above 2 kHz in each training "
+        "utterance raised or lowered by a gain drawn uniformly from [low, high] dB "
+        "(merit.data.change_brightness; 0 0 = off): the corpus's voices differ in "
+        "brightness by 5.6 dB (standard deviation, benchmarks/results/ceiling.md)"
     )
-    pitch_shift_semitones: list[float] = field(
-        default_factory=lambda: [0.0, 0.0],
-        metadata={
-            "help": "pitch augmentation: pitch and formants of a training utterance moved by "
-            "a shift drawn uniformly from [low, high] semitones at the same rate and level "
-            "(merit.data.change_pitch), another voice saying it; 0 0 = off"
-        },
+    pitch_shift_semitones: list[float] = _off_range(
+        "pitch augmentation: pitch and formants of a training utterance moved by "
+        "a shift drawn uniformly from [low, high] semitones at the same rate and level "
+        "(merit.data.change_pitch), another voice saying it; 0 0 = off"
     )
     pitch_shift_prob: float = field(
         default=0.5,
