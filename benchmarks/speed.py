@@ -189,6 +189,34 @@ def expert_layer_ratio(repeats: int) -> dict[str, float]:
     return {"sparse_s": sparse, "dense_s": dense, "dense_over_sparse": dense / sparse}
 
 
+def task_routing_ratio(repeats: int, frames: int = 499) -> dict[str, float]:
+    """The pool at the default Whisper run's widths on one 10 s utterance's frames, both tasks
+    routed: one call per task (each expert runs twice, on each task's rows) against one call
+    for both (each expert runs once on the rows of both), the same pool and inputs."""
+    from transformers import WhisperConfig
+
+    config = MeritConfig(backbone_config=WhisperConfig(num_mel_bins=80), **WHISPER_MERIT_SIZES)
+    torch.manual_seed(0)
+    pool = MeritMixtureOfExperts(config).eval()
+    mask = torch.ones(1, frames, dtype=torch.bool)
+    hidden = {task: torch.randn(1, frames, config.hidden_size) for task in ("ser", "se")}
+    ways = {
+        "per_task": lambda: {task: pool({task: h}, mask)[task] for task, h in hidden.items()},
+        "together": lambda: pool(hidden, mask),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    with torch.inference_mode():
+        for way in ways.values():
+            way()
+        for r in range(repeats):
+            for name in list(ways)[r % 2 :] + list(ways)[: r % 2]:
+                start = time.perf_counter()
+                ways[name]()
+                times[name].append(time.perf_counter() - start)
+    out = {f"{name}_s": statistics.median(t) for name, t in times.items()}
+    return {**out, "per_task_over_together": out["per_task_s"] / out["together_s"]}
+
+
 #: Whisper encoder sizes (random weights): tiny and base, as OpenAI's.
 WHISPER_SIZES = {
     "tiny": dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536),
@@ -198,7 +226,8 @@ WHISPER_SIZES = {
 WHISPER_MERIT_SIZES = dict(hidden_size=256, expert_hidden_size=512)
 #: Half as wide (recipe_search's ``-narrow`` rows): what MERIT's widths cost on a small encoder.
 WHISPER_NARROW_SIZES = dict(hidden_size=128, expert_hidden_size=256)
-#: The parts of a MERIT model timed one by one (top-level modules; the mixture runs per task).
+#: The parts of a MERIT model timed one by one (top-level modules; the mixture routes every
+#: task in one call).
 MERIT_PARTS = ("integration", "mixture", "ser_head", "se_head")
 
 
@@ -361,11 +390,11 @@ def release_ratios(repeats: int, seconds: float) -> dict[str, dict[str, float]]:
     mask = torch.ones(1, frames, dtype=torch.bool)
     layers = {
         "release-layer": lambda: ReleaseMixture(pool)("ser", hidden, mask),
-        "dispatch-layer": lambda: pool("ser", hidden, mask),
+        "dispatch-layer": lambda: pool({"ser": hidden}, mask)["ser"],
     }
     with torch.inference_mode():
         reference = ReleaseMixture(pool)("ser", hidden, mask)
-        ours = pool("ser", hidden, mask).hidden[mask]
+        ours = pool({"ser": hidden}, mask)["ser"].hidden[mask]
         assert torch.allclose(reference, ours, atol=1e-4), "the two layers must agree"
     times: dict[str, list[float]] = {name: [] for name in layers}
     with torch.inference_mode():
@@ -483,6 +512,7 @@ def main() -> None:
             "hf_wavlm_over_backbone": t["hf-wavlm"] / t["backbone"],
         }
     layer = expert_layer_ratio(repeats=10)
+    tasks_at_once = task_routing_ratio(repeats=50)
     whisper = whisper_ratios(repeats, args.seconds)
     narrow = whisper_ratios(repeats, args.seconds, merit_sizes=WHISPER_NARROW_SIZES)
     train = training_throughput(steps=3 if args.quick else 6, batch=2, seconds=4.0)
@@ -495,6 +525,7 @@ def main() -> None:
         "systems": rows,
         "ratios": ratios,
         "expert_layer": layer,
+        "task_routing": tasks_at_once,
         "training_samples_per_second": train,
         "whisper": whisper,
         "whisper_narrow": {"merit_sizes": WHISPER_NARROW_SIZES, **narrow},
@@ -548,6 +579,11 @@ def main() -> None:
         f"Expert layer alone (8 experts, {8 * 499} frames): top-2 dispatch "
         f"{layer['sparse_s'] * 1000:.1f} ms, dense mixture {layer['dense_s'] * 1000:.1f} ms, "
         f"dense/sparse = {layer['dense_over_sparse']:.2f} (target >= 2).",
+        "",
+        "Both tasks through the pool (Whisper default widths, 499 frames, median of 50): one "
+        f"call per task {tasks_at_once['per_task_s'] * 1000:.2f} ms, one call for both (what "
+        f"the model does) {tasks_at_once['together_s'] * 1000:.2f} ms, ratio "
+        f"{tasks_at_once['per_task_over_together']:.2f}.",
         "",
         f"Training throughput (same Trainer, batch 2 x 4 s): Sparse MERIT "
         f"{train['sparse']:.2f} samples/s, WavLMForSequenceClassification "

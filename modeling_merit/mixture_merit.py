@@ -1,16 +1,18 @@
 """The shared pool of experts with one gate per task, and the ungated multi-task baseline.
 
-Each block takes one task's integrated frames and returns a :class:`MixtureOutput` with the
-task representation, the experts and weights every frame used, the router probabilities and
-the block's own auxiliary loss, as transformers' ``MixtralSparseMoeBlock`` and ST-MoE's layer
-return theirs. How gate logits become expert choices (top-k or a dense softmax) is a small
-routing object picked once from :data:`ROUTINGS`.
+Each block takes every task's integrated frames and returns, per task, a
+:class:`MixtureOutput` with the task representation, the experts and weights every frame
+used, the router probabilities and the block's own auxiliary loss, as transformers'
+``MixtralSparseMoeBlock`` and ST-MoE's layer return theirs. How gate logits become expert
+choices (top-k or a dense softmax) is a small routing object picked once from
+:data:`ROUTINGS`.
 
 Loaded by ``trust_remote_code``: imports only torch, transformers and sibling files.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -253,18 +255,44 @@ class MeritMixtureOfExperts(nn.Module):
             start += count
         return slot_outputs.view(tokens.shape[0], num_slots, -1).sum(1)
 
-    def forward(self, task: str, hidden: torch.Tensor, frame_mask: torch.Tensor) -> MixtureOutput:
-        tokens = hidden[frame_mask]  # N, d
-        logits = self.gates[task](tokens)
-        probs = logits.float().softmax(-1)
-        indices, weights, balance = self.routing(logits, probs)
-        aux_loss = balance
-        if self.routing.auxiliary:
-            aux_loss = aux_loss + self.z_loss_coef * router_z_loss(logits.float())
-        mixed = self.combine(tokens, indices, weights)
+    def forward(
+        self, hidden_by_task: Mapping[str, torch.Tensor], frame_mask: torch.Tensor
+    ) -> dict[str, MixtureOutput]:
+        """Each task's frames through its own gate, then all of them through the shared pool
+        at once: an expert computes the frames every task sent it in one matrix product,
+        where one pass per task would run each expert once per task on half the rows."""
+        tokens = {task: hidden[frame_mask] for task, hidden in hidden_by_task.items()}  # N, d
+        routed = {}
+        for task, task_tokens in tokens.items():
+            logits = self.gates[task](task_tokens)
+            probs = logits.float().softmax(-1)
+            indices, weights, aux_loss = self.routing(logits, probs)
+            if self.routing.auxiliary:
+                aux_loss = aux_loss + self.z_loss_coef * router_z_loss(logits.float())
+            routed[task] = (indices, weights, probs, aux_loss)
+        mixed = self.combine(
+            torch.cat(list(tokens.values())),
+            torch.cat([r[0] for r in routed.values()]),
+            torch.cat([r[1] for r in routed.values()]),
+        ).split([t.shape[0] for t in tokens.values()])
+        return {
+            task: self._scatter(tokens[task], task_mixed, *routed[task], frame_mask)
+            for task, task_mixed in zip(tokens, mixed, strict=True)
+        }
 
+    def _scatter(
+        self,
+        tokens: torch.Tensor,
+        mixed: torch.Tensor,
+        indices: torch.Tensor,
+        weights: torch.Tensor,
+        probs: torch.Tensor,
+        aux_loss: torch.Tensor,
+        frame_mask: torch.Tensor,
+    ) -> MixtureOutput:
+        """One task's valid-frame results back onto the padded ``(batch, frames)`` grid."""
         batch, frames = frame_mask.shape
-        output = hidden.new_zeros(batch, frames, self.output_size)
+        output = tokens.new_zeros(batch, frames, self.output_size)
         output[frame_mask] = mixed if self.norm is None else self.norm(tokens + mixed)
         full_indices = indices.new_full((batch, frames, indices.shape[-1]), -1)
         full_weights = weights.new_zeros(batch, frames, indices.shape[-1])
@@ -288,7 +316,12 @@ class MeritSharedFeedForward(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size) if config.expert_type == "residual" else None
         self.dispatch = True  # nothing to dispatch; kept so exporters can treat blocks alike
 
-    def forward(self, task: str, hidden: torch.Tensor, frame_mask: torch.Tensor) -> MixtureOutput:
+    def forward(
+        self, hidden_by_task: Mapping[str, torch.Tensor], frame_mask: torch.Tensor
+    ) -> dict[str, MixtureOutput]:
+        return {task: self.share(hidden, frame_mask) for task, hidden in hidden_by_task.items()}
+
+    def share(self, hidden: torch.Tensor, frame_mask: torch.Tensor) -> MixtureOutput:
         shared = self.feed_forward(hidden)
         if self.norm is not None:
             shared = self.norm(hidden + shared)

@@ -561,10 +561,11 @@ class MeritModel(MeritPreTrainedModel):
         frame_lengths = self.frame_lengths(lengths)
         frame_mask = length_mask(frame_lengths, hidden_states.shape[2])
         # 2. Per task: integrate the layers, then route every frame through the expert pool.
-        mixtures: dict[str, MixtureOutput] = {}
-        for group in config.integration_groups:
-            integrated = self.integrate(hidden_states, group, frame_mask, masked_frames)
-            mixtures[group] = self.mixture(group, integrated, frame_mask)
+        integrated = {
+            group: self.integrate(hidden_states, group, frame_mask, masked_frames)
+            for group in config.integration_groups
+        }
+        mixtures: dict[str, MixtureOutput] = self.mixture(integrated, frame_mask)
         task_output = {t: mixtures[t if t in mixtures else "shared"] for t in config.tasks}
         # 3. Heads and their losses.
         logits = dims = enhanced = ser_loss = se_loss = dim_loss = None

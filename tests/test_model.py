@@ -97,6 +97,30 @@ def test_dense_pool_is_weighted_sum_of_all_experts():
     torch.testing.assert_close(pool.combine(tokens, indices, probs), expected)
 
 
+@pytest.mark.parametrize("routing", ["sparse", "dense"])
+def test_routing_every_task_at_once_equals_one_task_at_a_time(routing):
+    """The pool computes both tasks' frames in one pass per expert; each task's output,
+    choices, probabilities and auxiliary loss are what routing that task alone gives, and
+    gradients reach both gates and the experts."""
+    config = make_config(routing=routing)
+    torch.manual_seed(0)
+    pool = MeritMixtureOfExperts(config).eval()
+    mask = torch.tensor([[True] * 9 + [False] * 3, [True] * 12])
+    hidden = {
+        task: torch.randn(2, 12, config.hidden_size, requires_grad=True)
+        for task in "ser se".split()
+    }
+    together = pool(hidden, mask)
+    for task in hidden:
+        alone = pool({task: hidden[task]}, mask)[task]
+        for field in ("hidden", "expert_indices", "expert_weights", "router_probs", "aux_loss"):
+            torch.testing.assert_close(getattr(together[task], field), getattr(alone, field))
+        assert (together[task].hidden[~mask] == 0).all()
+    sum(out.hidden.sum() + out.aux_loss for out in together.values()).backward()
+    assert all(pool.gates[task].router.weight.grad.abs().sum() > 0 for task in hidden)
+    assert all(h.grad.abs().sum() > 0 for h in hidden.values())
+
+
 def test_dispatch_equals_static_all_expert_compute():
     model = make_model().eval()
     x, mask = make_batch()

@@ -53,7 +53,7 @@ def test_each_extra_routed_expert_adds_its_two_matmuls_per_frame_and_task():
 
 
 def test_time_parts_times_each_merit_part_once_per_call_and_leaves_no_hooks():
-    """Every part is reported (the mixture summed over its two per-task calls), the parts
+    """Every part is reported (integration summed over its two per-task calls), the parts
     and the rest add up to a forward, and the model carries no timing hooks afterwards."""
     model = _model(2)
     x = torch.randn(1, 16000) * 0.1
@@ -65,8 +65,9 @@ def test_time_parts_times_each_merit_part_once_per_call_and_leaves_no_hooks():
     parts = speed.time_parts(model, x, repeats=3)
     assert set(parts) == {*speed.MERIT_PARTS, "encoder"}
     assert all(ms > 0 for ms in parts.values())
-    # warm-up + 3 repeats; the mixture runs once per task (SER and SE)
-    assert calls == {"integration": 8, "mixture": 8, "ser_head": 4, "se_head": 4}
+    # warm-up + 3 repeats; integration runs once per task (SER and SE), the mixture routes
+    # both tasks in one call
+    assert calls == {"integration": 8, "mixture": 4, "ser_head": 4, "se_head": 4}
     for name in speed.MERIT_PARTS:
         module = getattr(model, name)
         assert not module._forward_pre_hooks
