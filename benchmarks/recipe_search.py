@@ -318,7 +318,7 @@ LONGER: dict[str, tuple[int, tuple[str, ...]]] = {
         750,
         ("--learning_rate", "0.002", *VOICES24, "--pitch_shift_semitones", "-2", "2"),
     ),
-    # Measured: 0.715 (0.758 / 0.777 / 0.610), and 981 s of training. What did move new-voice
+    # Measured: 0.715 (0.758 / 0.777 / 0.610), 981 s of training. What did move new-voice
     # F1 was more real voices (12 -> 24: 0.558 -> 0.626): 16 more (8 new male variants, the
     # reused female variants on new accents) at the same 750 steps.
     f"{PASSTHROUGH}-750steps-lr0.002-voices40": (
