@@ -490,11 +490,13 @@ def build_model(
     dimension_names: Sequence[str] | None = None,
     *,
     class_weights: Sequence[float] | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.nn.Module:
     """A fresh MERIT model (tiny random backbone, or a pretrained one), LoRA-wrapped if asked.
 
     ``dimension_names`` adds the dimensional head (trained with the CCC loss);
-    ``class_weights`` weights the emotion cross-entropy (see :func:`class_weights`)."""
+    ``class_weights`` weights the emotion cross-entropy (see :func:`class_weights`) and
+    ``label_smoothing`` smooths its targets."""
     if not model_args.categorical_head and not dimension_names:
         raise ValueError(
             "--categorical_head False leaves the emotion task without a head: give "
@@ -529,6 +531,7 @@ def build_model(
         freeze_feature_encoder=freeze_encoder,
         freeze_backbone=model_args.freeze_backbone,
         class_weights=list(class_weights) if class_weights else None,
+        label_smoothing=label_smoothing,
     )
     backbone = (
         default_tiny_backbone(model_args.tiny_hidden_size, model_args.tiny_layers) if tiny else None
@@ -1078,6 +1081,9 @@ def main(
         dict(enumerate(prepared.label_names)),
         prepared.dimension_names,
         class_weights=weights,
+        # Into the model's own cross-entropy: the loss is the model's (MeritTrainer), so
+        # Trainer's label smoother, which would drop the other tasks' losses, never runs.
+        label_smoothing=training_args.label_smoothing_factor,
     )
     base = _base_model(model)
     enhances = base.config.has_enhancement_head
@@ -1273,6 +1279,8 @@ def merit_loss_text(config: Any) -> str:
     terms = []
     if "ser" in config.tasks and config.has_emotion_head:
         weighted = " (class-weighted)" if config.class_weights else ""
+        if getattr(config, "label_smoothing", 0.0):
+            weighted += f" (label smoothing {config.label_smoothing:g})"
         terms.append(f"emotion cross-entropy{weighted} x {config.ser_loss_weight:g}")
     if "ser" in config.tasks and config.dimension_names:
         terms.append(f"dimensions 1 - CCC x {config.dimension_loss_weight:g}")

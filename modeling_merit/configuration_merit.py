@@ -257,6 +257,11 @@ class MeritConfig(PretrainedConfig):
             Weights of the task losses in the total loss.
         class_weights (`list[float]`, *optional*):
             Per-class weights for the emotion cross-entropy (imbalanced corpora).
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Label smoothing of the emotion cross-entropy (torch's ``label_smoothing``): the
+            target puts this much mass evenly on all classes, for corpora whose classes
+            overlap. ``train.py`` sets it from ``--label_smoothing_factor``; ``Trainer``'s
+            own label smoother would score the logits alone and leave out the other tasks.
         dimension_names (`list[str]`, *optional*):
             Names of dimensional attributes (for example ``["arousal", "valence",
             "dominance"]``). When set, an extra regression head predicts them from the pooled
@@ -337,6 +342,7 @@ class MeritConfig(PretrainedConfig):
         ser_loss_weight: float = 1.0,
         se_loss_weight: float = 1.0,
         class_weights: list[float] | None = None,
+        label_smoothing: float = 0.0,
         dimension_names: list[str] | None = None,
         dimension_loss_weight: float = 1.0,
         categorical_head: bool = True,
@@ -401,6 +407,8 @@ class MeritConfig(PretrainedConfig):
             raise ValueError(
                 f"router_top_k must be in [1, num_experts={num_experts}], got {router_top_k}."
             )
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
         if hop_length > win_length or win_length > n_fft:
             raise ValueError("Need hop_length <= win_length <= n_fft for the SE STFT.")
         if adapter_layers and hidden_size % adapter_heads:
@@ -434,6 +442,7 @@ class MeritConfig(PretrainedConfig):
         self.ser_loss_weight = ser_loss_weight
         self.se_loss_weight = se_loss_weight
         self.class_weights = list(class_weights) if class_weights is not None else None
+        self.label_smoothing = label_smoothing
         self.dimension_names = list(dimension_names) if dimension_names else None
         self.dimension_loss_weight = dimension_loss_weight
         self.categorical_head = categorical_head

@@ -572,7 +572,12 @@ class MeritModel(MeritPreTrainedModel):
         if self.ser_head is not None:
             logits, dims = self.ser_head(task_output["ser"].hidden, frame_mask)
             if labels is not None and logits is not None:
-                ser_loss = F.cross_entropy(logits.float(), labels.long(), weight=self.class_weights)
+                ser_loss = F.cross_entropy(
+                    logits.float(),
+                    labels.long(),
+                    weight=self.class_weights,
+                    label_smoothing=config.label_smoothing,
+                )
             if dimension_labels is not None and dims is not None:
                 dim_loss = concordance_correlation_loss(dims.float(), dimension_labels.float())
         if self.se_head is not None:

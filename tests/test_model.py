@@ -249,6 +249,27 @@ def test_class_weights_change_the_loss():
     assert not torch.isclose(plain, weighted)
 
 
+def test_label_smoothing_smooths_the_emotion_targets():
+    """(1 - e) x cross-entropy + e x the mean of -log p over the classes, as torch defines it;
+    0 is the plain loss; a value outside [0, 1) fails."""
+    x, mask = make_batch()
+    labels = torch.tensor([0, 3])
+    torch.manual_seed(0)
+    smooth = make_model(label_smoothing=0.2).eval()
+    torch.manual_seed(0)
+    plain = make_model().eval()
+    logits = smooth(x, attention_mask=mask).logits
+    log_p = logits.log_softmax(-1)
+    nll = -log_p.gather(1, labels[:, None]).squeeze(1)
+    expected = (0.8 * nll + 0.2 * -log_p.mean(-1)).mean()
+    torch.testing.assert_close(smooth(x, attention_mask=mask, labels=labels).ser_loss, expected)
+    unsmoothed = plain(x, attention_mask=mask, labels=labels).ser_loss
+    torch.testing.assert_close(unsmoothed, nll.mean())
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            make_config(label_smoothing=bad)
+
+
 def test_dimensional_head_and_ccc_loss():
     model = make_model(dimension_names=["arousal", "valence", "dominance"]).train()
     x, mask = make_batch()

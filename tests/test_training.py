@@ -776,6 +776,18 @@ def test_corpus_without_class_labels_trains_the_dimensional_head(tiny_corpus, tm
         training.main([*common, *LOOP_ONLY])
 
 
+def test_label_smoothing_factor_reaches_the_models_own_loss(tiny_corpus, tmp_path):
+    """``--label_smoothing_factor`` goes into the model's cross-entropy (saved in its config
+    and named on the card); Trainer's own label smoother, which would score the logits alone
+    and drop the enhancement loss, is not what trains it."""
+    out = tmp_path / "smooth"
+    argv = ["--dataset", str(tiny_corpus), "--output_dir", str(out), "--max_steps", "1"]
+    training.main([*argv, "--label_smoothing_factor", "0.1", *LOOP_ONLY, *TINY])
+    config = json.loads((out / "config.json").read_text())
+    assert config["label_smoothing"] == 0.1
+    assert "cross-entropy (label smoothing 0.1) x 1" in (out / "README.md").read_text()
+
+
 def test_rerun_over_checkpoints_is_refused_and_resume_true_takes_the_latest(tiny_corpus, tmp_path):
     out = tmp_path / "run"
     argv = ["--dataset", str(tiny_corpus), "--output_dir", str(out), "--max_steps", "2"]
