@@ -328,10 +328,16 @@ LONGER: dict[str, tuple[int, tuple[str, ...]]] = {
     # Measured: 0.732 (0.820 / 0.739 / 0.636). The classes overlap (a listener who has not
     # heard the voice tops out at 84.5 %), so hard targets push the model to fit ambiguous
     # training utterances with whatever tells their voices apart: smoothed targets (0.1).
-    f"{PASSTHROUGH}-750steps-lr0.002-voices24-smooth0.1": (
-        750,
-        ("--learning_rate", "0.002", *VOICES24, "--label_smoothing_factor", "0.1"),
-    ),
+    # Measured (seed 42): 0.789 (0.860 / 0.850 / 0.656), val SSNR 3.75 dB, the first row to
+    # pass the default by the 0.02 margin; seeds 1 and 2, as for every recipe the rule might
+    # pick.
+    **{
+        f"{PASSTHROUGH}-750steps-lr0.002-voices24-smooth0.1{tag}": (
+            750,
+            ("--learning_rate", "0.002", *VOICES24, "--label_smoothing_factor", "0.1", *seed),
+        )
+        for tag, seed in (("", ()), ("-seed1", ("--seed", "1")), ("-seed2", ("--seed", "2")))
+    },
 }
 #: Rows that take more than the default run's 15-minute training budget on 2 CPU cores: they
 #: say what more training would buy, and the rule never picks them.
