@@ -22,7 +22,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import WavLMConfig, WavLMForSequenceClassification, WavLMModel
@@ -95,7 +97,7 @@ def build(system: str) -> torch.nn.Module:
 
 
 def time_interleaved(
-    models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int
+    models: dict[str, Callable[[Any], Any]], x: Any, repeats: int
 ) -> dict[str, float]:
     """Median forward time per system, timed round-robin (order rotated each round) so that any
     drift in the machine's speed falls on every system alike instead of on whichever ran last."""
@@ -201,19 +203,10 @@ def task_routing_ratio(repeats: int, frames: int = 499) -> dict[str, float]:
     mask = torch.ones(1, frames, dtype=torch.bool)
     hidden = {task: torch.randn(1, frames, config.hidden_size) for task in ("ser", "se")}
     ways = {
-        "per_task": lambda: {task: pool({task: h}, mask)[task] for task, h in hidden.items()},
-        "together": lambda: pool(hidden, mask),
+        "per_task": lambda h: {task: pool({task: h[task]}, mask)[task] for task in h},
+        "together": lambda h: pool(h, mask),
     }
-    times: dict[str, list[float]] = {name: [] for name in ways}
-    with torch.inference_mode():
-        for way in ways.values():
-            way()
-        for r in range(repeats):
-            for name in list(ways)[r % 2 :] + list(ways)[: r % 2]:
-                start = time.perf_counter()
-                ways[name]()
-                times[name].append(time.perf_counter() - start)
-    out = {f"{name}_s": statistics.median(t) for name, t in times.items()}
+    out = {f"{name}_s": s for name, s in time_interleaved(ways, hidden, repeats).items()}
     return {**out, "per_task_over_together": out["per_task_s"] / out["together_s"]}
 
 
