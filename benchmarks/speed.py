@@ -382,23 +382,14 @@ def release_ratios(repeats: int, seconds: float) -> dict[str, dict[str, float]]:
     hidden = torch.randn(1, frames, release.integrated_size)
     mask = torch.ones(1, frames, dtype=torch.bool)
     layers = {
-        "release-layer": lambda: ReleaseMixture(pool)("ser", hidden, mask),
-        "dispatch-layer": lambda: pool({"ser": hidden}, mask)["ser"],
+        "release-layer": lambda h: ReleaseMixture(pool)("ser", h, mask),
+        "dispatch-layer": lambda h: pool({"ser": h}, mask)["ser"],
     }
     with torch.inference_mode():
         reference = ReleaseMixture(pool)("ser", hidden, mask)
         ours = pool({"ser": hidden}, mask)["ser"].hidden[mask]
         assert torch.allclose(reference, ours, atol=1e-4), "the two layers must agree"
-    times: dict[str, list[float]] = {name: [] for name in layers}
-    with torch.inference_mode():
-        for run in layers.values():
-            run()
-        for r in range(repeats):
-            for name in list(layers)[r % 2 :] + list(layers)[: r % 2]:
-                start = time.perf_counter()
-                layers[name]()
-                times[name].append(time.perf_counter() - start)
-    layer = {name: statistics.median(t) for name, t in times.items()}
+    layer = time_interleaved(layers, hidden, repeats)
     layer["release_over_dispatch"] = layer["release-layer"] / layer["dispatch-layer"]
     print(f"MoE layer: {layer}")
     x = torch.randn(1, int(seconds * SAMPLE_RATE)) * 0.1
