@@ -9,7 +9,8 @@ deviation, with the unprocessed input's SSNR (the same frozen test sets for ever
 
     OMP_NUM_THREADS=2 python benchmarks/default_seeds.py [--seeds 42 1 2]
 
-About 15 minutes per seed trained on 2 cores (750 steps). Writes
+About 15-22 minutes per seed trained on 2 cores (1200 bf16 steps; 750 fp32 steps before
+2026-12-06). Writes
 ``benchmarks/results/default_seeds.{md,json}``.
 """
 
@@ -74,7 +75,12 @@ def summarize(runs: dict[int, list[dict]]) -> dict[str, dict]:
     return table
 
 
-def report(table: dict[str, dict], seeds: list[int], seconds: dict[int, float | None]) -> list[str]:
+def report(
+    table: dict[str, dict],
+    seeds: list[int],
+    seconds: dict[int, float | None],
+    note: str | None = None,
+) -> list[str]:
     lines = [
         "# The default run over training seeds",
         "",
@@ -85,7 +91,8 @@ def report(table: dict[str, dict], seeds: list[int], seconds: dict[int, float | 
         + ", ".join(
             f"{s}: " + ("earlier run" if seconds[s] is None else f"{seconds[s]:.0f}") for s in seeds
         )
-        + ".",
+        + "."
+        + (f" {note}" if note else ""),
         "",
         "| condition | F1-macro (%) per seed | mean ± std | SSNR (dB) per seed | mean ± std "
         "| input SSNR (dB) |",
@@ -107,6 +114,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--work_dir", type=Path, default=ROOT / "outputs" / "default-seeds")
+    parser.add_argument(
+        "--note", help="a sentence for the report, e.g. where reused runs were trained"
+    )
     args = parser.parse_args()
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds repeats a seed: {args.seeds}")
@@ -117,7 +127,7 @@ def main() -> None:
     write_json(
         RESULTS / "default_seeds.json", {"command": sys.argv, "seeds": args.seeds, "table": table}
     )
-    lines = report(table, args.seeds, seconds)
+    lines = report(table, args.seeds, seconds, args.note)
     print("\n".join(lines))
     write_report(RESULTS / "default_seeds.md", lines)
 

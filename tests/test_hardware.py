@@ -56,8 +56,35 @@ def test_bf16_autocasts_on_the_cpu(tiny_corpus, tmp_path):
     results, probe = _run(tiny_corpus, tmp_path, "--bf16", "True")
     assert probe.dtypes == {torch.bfloat16}  # the experts ran under bf16 autocast
     assert math.isfinite(results["train_loss"]) and results["global_step"] == 2
-    plain, probe32 = _run(tiny_corpus, tmp_path / "fp32")
+    plain, probe32 = _run(tiny_corpus, tmp_path / "fp32", "--bf16", "False")
     assert probe32.dtypes == {torch.float32}
+
+
+def _cpuinfo(tmp_path, flags: str):
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n\nprocessor\t: 1\n")
+    return path
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert training.native_bf16(_cpuinfo(tmp_path, "avx512f avx512_bf16"))
+    assert training.native_bf16(_cpuinfo(tmp_path, "amx_tile amx_bf16"))
+    assert not training.native_bf16(_cpuinfo(tmp_path, "avx512f avx512bw"))  # no bf16 unit
+    assert not training.native_bf16(tmp_path / "missing")  # not Linux: fp32
+
+
+def test_precision_defaults_to_bf16_only_where_native(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native in (True, False):
+        monkeypatch.setattr(training, "native_bf16", lambda native=native: native)
+        args = training.parse_args(["--output_dir", str(tmp_path)])[2]
+        assert args.bf16 is native
+        # An explicit flag wins over the machine.
+        assert training.parse_args(["--output_dir", str(tmp_path), "--bf16", str(not native)])[
+            2
+        ].bf16 is (not native)
 
 
 def test_fp16_without_a_gpu_is_a_clear_error(capsys):

@@ -51,6 +51,10 @@ TINY = [
     "1.0",
     "--disable_tqdm",
     "True",
+    # fp32 whatever the machine (the default is bf16 where it is native): the same numbers on
+    # every CI runner; tests/test_hardware.py covers bf16.
+    "--bf16",
+    "False",
 ]
 #: No evaluation, checkpoints every 2 steps: for runs that only test the training loop.
 LOOP_ONLY = [
@@ -406,7 +410,8 @@ def test_two_step_run_saves_a_complete_loadable_folder(tiny_corpus, tmp_path):
     assert f"`{best.name}` (f1_macro = {results['best_validation_metric']:.4f})" in procedure
     assert "- **Training audio:** random 1 s crops, no speed perturbation" in procedure
     assert (
-        "- **Losses:** emotion cross-entropy x 1; enhancement: compressed-magnitude MSE x 1, "
+        "- **Losses:** emotion cross-entropy (label smoothing 0.1) x 1; enhancement: "
+        "compressed-magnitude MSE x 1, "
         "pass-through (35 dB minus the segmental SNR of enhanced clean examples) x 0.01; "
         "routers: load balancing x 0.01, z-loss x 0.001"
     ) in procedure
