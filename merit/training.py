@@ -232,6 +232,21 @@ class ModelArguments:
     freeze_backbone: bool = field(
         default=False, metadata={"help": "train only the MERIT layers and heads"}
     )
+    mask_time_prob: float | None = field(
+        default=None,
+        metadata={
+            "help": "SpecAugment in training: the share of the backbone's input frames masked "
+            "in spans (Whisper: log-mel frames, 10 per span; WavLM-like: feature-encoder "
+            "frames). Unset keeps the backbone config's own setting"
+        },
+    )
+    mask_feature_prob: float | None = field(
+        default=None,
+        metadata={
+            "help": "SpecAugment in training: the share of input channels masked in spans "
+            "(Whisper: mel bins, 10 per span). Unset keeps the backbone config's own setting"
+        },
+    )
     peft: Literal["none", "lora"] = field(
         default="none", metadata={"help": "'lora': LoRA adapters on the backbone attention"}
     )
@@ -526,6 +541,23 @@ def _release_kwargs(kwargs: dict, model_args: ModelArguments, backbone: Any) -> 
     return kwargs
 
 
+def spec_augment_overrides(model_args: ModelArguments) -> dict[str, Any]:
+    """The backbone config fields ``--mask_time_prob`` / ``--mask_feature_prob`` set (none
+    when both are unset, so the backbone's own config stands). Giving either turns the
+    config's ``apply_spec_augment`` on; the backbone masks only in training mode."""
+    overrides = {
+        name: value
+        for name in ("mask_time_prob", "mask_feature_prob")
+        if (value := getattr(model_args, name)) is not None
+    }
+    for name, value in overrides.items():
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"--{name} must be in [0, 1), got {value}")
+    if overrides:
+        overrides["apply_spec_augment"] = True
+    return overrides
+
+
 def build_model(
     model_args: ModelArguments,
     id2label: Mapping[int, str],
@@ -575,16 +607,19 @@ def build_model(
         class_weights=list(class_weights) if class_weights else None,
         label_smoothing=label_smoothing,
     )
+    spec_augment = spec_augment_overrides(model_args)
     backbone = (
         default_tiny_backbone(model_args.tiny_hidden_size, model_args.tiny_layers) if tiny else None
     )
+    if backbone is not None:
+        backbone.update(spec_augment)
     source = None if tiny else resolve_pretrained_backbone(model_args.backbone)
     if model_args.preset == "release":
         kwargs = _release_kwargs(kwargs, model_args, backbone or AutoConfig.from_pretrained(source))
     if tiny:
         model = MeritModel(MeritConfig(backbone_config=backbone, **kwargs))
     else:
-        model = MeritModel.from_backbone(source, **kwargs)
+        model = MeritModel.from_backbone(source, backbone_kwargs=spec_augment, **kwargs)
         if model_args.backbone == TINY_EN_NAME:  # record the origin, not this machine's cache
             model.config.backbone_config._name_or_path = TINY_EN_HUB_ID
     if model_args.peft == "lora":

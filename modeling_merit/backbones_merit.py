@@ -342,6 +342,8 @@ class WhisperEncoderBackbone(SpeechBackbone):
         mel = self.front_end(waveforms, lengths)
         mel_frames = self.front_end.num_frames(lengths)
         mel_valid = torch.arange(mel.shape[-1], device=mel.device)[None, :] < mel_frames[:, None]
+        if module.training:
+            mel = self.spec_augment(mel, mel_valid)
         weight_dtype = module.conv1.weight.dtype
         hidden = F.gelu(module.conv1(mel.to(weight_dtype)))
         # One-by-one, conv2 sees zero padding past the end: make the padded batch see the same.
@@ -367,6 +369,41 @@ class WhisperEncoderBackbone(SpeechBackbone):
             states.append(hidden)
         states[-1] = module.layer_norm(hidden)
         return torch.stack(states, 0)
+
+    def spec_augment(self, mel: torch.Tensor, mel_valid: torch.Tensor) -> torch.Tensor:
+        """SpecAugment on the ``(B, mels, T)`` log-mel, as ``WhisperModel`` applies it in
+        training: the Whisper config's ``apply_spec_augment``, ``mask_time_*`` and
+        ``mask_feature_*`` fields, and transformers' own span sampler. Time spans fall inside
+        each utterance's valid frames; masked values become 0, as in ``WhisperModel``.
+
+        ``WhisperEncoder`` alone (what this family runs) ignores those fields, so without this
+        a Whisper config asking for SpecAugment would silently train without it.
+        """
+        config = self.config
+        if not getattr(config, "apply_spec_augment", False):
+            return mel
+        from transformers.models.whisper.modeling_whisper import _compute_mask_indices
+
+        batch, bins, frames = mel.shape
+        keep = torch.ones_like(mel, dtype=torch.bool)
+        if config.mask_time_prob > 0 and frames > config.mask_time_length:
+            spans = _compute_mask_indices(
+                (batch, frames),
+                mask_prob=config.mask_time_prob,
+                mask_length=config.mask_time_length,
+                attention_mask=mel_valid.long(),
+                min_masks=config.mask_time_min_masks,
+            )
+            keep &= ~torch.as_tensor(spans, device=mel.device)[:, None, :]
+        if config.mask_feature_prob > 0 and bins > config.mask_feature_length:
+            spans = _compute_mask_indices(
+                (batch, bins),
+                mask_prob=config.mask_feature_prob,
+                mask_length=config.mask_feature_length,
+                min_masks=config.mask_feature_min_masks,
+            )
+            keep &= ~torch.as_tensor(spans, device=mel.device)[:, :, None]
+        return mel * keep.to(mel.dtype)
 
     def freeze_feature_encoder(self, module: nn.Module) -> None:
         """The convolutional stem (conv1, conv2); positions are fixed sinusoids already."""

@@ -986,3 +986,28 @@ def test_extra_train_voices_apply_to_the_embedded_corpus_only(tiny_corpus, monke
     assert preparation.DEFAULT_EXTRA_TRAIN_VOICES == 24
     assert preparation.resolve_data_sources(str(tiny_corpus), None, None)[0] == str(tiny_corpus)
     assert preparation.resolve_data_sources(None, None, 0)[2] == preparation.DEFAULT_DATASET_NAME
+
+
+def test_spec_augment_flags_set_the_backbone_config(tmp_path):
+    from transformers import WhisperModel
+
+    from modeling_merit import minimal_backbone_config
+
+    WhisperModel(minimal_backbone_config("whisper")).save_pretrained(tmp_path / "whisper")
+    for backbone in ("tiny", str(tmp_path / "whisper")):
+        common = dict(backbone=backbone, tiny_hidden_size=32, tiny_layers=1, num_experts=4)
+        plain = build_model(ModelArguments(**common), LABELS).config.backbone_config
+        assert not plain.apply_spec_augment
+        model = build_model(
+            ModelArguments(**common, mask_time_prob=0.05, mask_feature_prob=0.1), LABELS
+        )
+        config = model.config.backbone_config
+        assert config.apply_spec_augment
+        assert (config.mask_time_prob, config.mask_feature_prob) == (0.05, 0.1)
+        assert model.backbone_family.config.mask_feature_prob == 0.1  # what the forward reads
+    model_args, _, _ = parse_args(["--mask_feature_prob", "0.1"])
+    assert (model_args.mask_time_prob, model_args.mask_feature_prob) == (None, 0.1)
+    with pytest.raises(ValueError, match=r"--mask_time_prob must be in \[0, 1\)"):
+        build_model(
+            ModelArguments(backbone="tiny", tiny_hidden_size=32, mask_time_prob=1.5), LABELS
+        )

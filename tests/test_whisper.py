@@ -1,5 +1,6 @@
 """Whisper encoders as MERIT backbones: front end, variable length, loading, LoRA, padding."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_padded_batch_equals_one_by_one, make_batch, make_config
@@ -159,3 +160,49 @@ def test_mlkd_student_of_a_whisper_teacher_builds_a_merit_model(tmp_path):
     assert model.config.backbone_config.encoder_layers == 1
     for key, value in student.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
+
+
+def spec_augment_family(**fields) -> WhisperEncoderBackbone:
+    settings = dict(apply_spec_augment=True, mask_time_prob=0.3, mask_feature_prob=0.25)
+    return WhisperEncoderBackbone(minimal_backbone_config("whisper", **{**settings, **fields}))
+
+
+def test_spec_augment_masks_time_spans_inside_each_utterance_and_mel_bins():
+    """Time spans of ``mask_time_length`` frames fall inside each utterance's valid frames,
+    bins are masked across all frames, and masked values become 0 (as ``WhisperModel``)."""
+    np.random.seed(0)
+    family = spec_augment_family()
+    lengths = torch.tensor([300, 120])
+    mel = torch.rand(2, 80, 300) + 1.0  # never 0 before masking
+    valid = torch.arange(300)[None, :] < lengths[:, None]
+    out = family.spec_augment(mel.clone(), valid)
+    kept = out != 0
+    assert torch.equal(out[kept], mel[kept])
+    time_masked = ~kept.any(1)  # B, T: every bin zero
+    bin_masked = ~kept[:, :, :120].any(2)  # B, bins: zero on every valid frame of both rows
+    for row, length in enumerate(lengths.tolist()):
+        masked = time_masked[row].nonzero().flatten()
+        assert 10 <= masked.numel() <= 0.3 * length + 10
+        assert int(masked.max()) < length  # never past the utterance's end
+    assert not time_masked[1, 120:].any()
+    assert bin_masked.any() and bin_masked.sum(1).max() <= 0.25 * 80 + 10
+    # Without apply_spec_augment the fields do nothing.
+    off = spec_augment_family(apply_spec_augment=False)
+    assert torch.equal(off.spec_augment(mel.clone(), valid), mel)
+
+
+def test_spec_augment_acts_in_training_only():
+    torch.manual_seed(0)
+    family = spec_augment_family()
+    encoder = family.build()
+    x = speech_like(1.5)[None].repeat(2, 1)
+    lengths = torch.tensor([x.shape[-1], x.shape[-1] // 2])
+    with torch.no_grad():
+        reference = family.hidden_states(encoder.eval(), x, lengths)
+        assert torch.equal(family.hidden_states(encoder.eval(), x, lengths), reference)
+        np.random.seed(0)
+        trained = family.hidden_states(encoder.train(), x, lengths)
+    assert not torch.allclose(trained, reference)
+    plain = WhisperEncoderBackbone(minimal_backbone_config("whisper"))
+    with torch.no_grad():  # the same weights, SpecAugment off: training mode changes nothing
+        assert torch.equal(plain.hidden_states(encoder.train(), x, lengths), reference)
