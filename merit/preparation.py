@@ -187,8 +187,9 @@ class DataArguments:
         default=None,
         metadata={
             "help": "embedded corpus only: this many more eSpeak voices in its training split "
-            f"(0-40; merit.corpus.EXTRA_TRAIN_VOICES; default {DEFAULT_EXTRA_TRAIN_VOICES}, "
-            "chosen on validation), validation and test unchanged; 0 trains on the corpus's "
+            "(at most as many as merit.corpus.EXTRA_TRAIN_VOICES lists; default "
+            f"{DEFAULT_EXTRA_TRAIN_VOICES}, chosen on validation), validation and test "
+            "unchanged; 0 trains on the corpus's "
             "14 training voices alone. Not for --dataset"
         },
     )

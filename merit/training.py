@@ -1348,7 +1348,21 @@ def training_details(
     config = getattr(trainer.model, "config", None)
     if getattr(config, "model_type", None) == "merit":
         details["Losses"] = merit_loss_text(config)
+        details["SpecAugment"] = spec_augment_text(config.backbone_config)
     return details
+
+
+def spec_augment_text(backbone_config: Any) -> str:
+    """What the backbone masks in training, from its config (the fields
+    ``--mask_time_prob`` / ``--mask_feature_prob`` set)."""
+    spans = [
+        f"{name} {prob:g} in spans of {getattr(backbone_config, f'mask_{axis}_length')}"
+        for axis, name in (("time", "time"), ("feature", "channels"))
+        if (prob := getattr(backbone_config, f"mask_{axis}_prob", 0.0) or 0.0) > 0
+    ]
+    if not getattr(backbone_config, "apply_spec_augment", False) or not spans:
+        return "none"
+    return "backbone input masked in training: " + ", ".join(spans)
 
 
 def merit_loss_text(config: Any) -> str:

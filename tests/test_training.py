@@ -415,6 +415,7 @@ def test_two_step_run_saves_a_complete_loadable_folder(tiny_corpus, tmp_path):
         "pass-through (35 dB minus the segmental SNR of enhanced clean examples) x 0.01; "
         "routers: load balancing x 0.01, z-loss x 0.001"
     ) in procedure
+    assert "- **SpecAugment:** none" in procedure
     seen_types = "white, pink, babble, hum"
     assert all(t in procedure for t in seen_types.split(", "))
     assert f"transformers {transformers.__version__}" in procedure
@@ -1005,6 +1006,11 @@ def test_spec_augment_flags_set_the_backbone_config(tmp_path):
         assert config.apply_spec_augment
         assert (config.mask_time_prob, config.mask_feature_prob) == (0.05, 0.1)
         assert model.backbone_family.config.mask_feature_prob == 0.1  # what the forward reads
+        assert training.spec_augment_text(config) == (
+            f"backbone input masked in training: time 0.05 in spans of "
+            f"{config.mask_time_length}, channels 0.1 in spans of {config.mask_feature_length}"
+        )
+        assert training.spec_augment_text(plain) == "none"
     model_args, _, _ = parse_args(["--mask_feature_prob", "0.1"])
     assert (model_args.mask_time_prob, model_args.mask_feature_prob) == (None, 0.1)
     with pytest.raises(ValueError, match=r"--mask_time_prob must be in \[0, 1\)"):
