@@ -459,6 +459,8 @@ def training_settings(budget: Budget) -> dict[str, Any]:
         "warmup_steps": args.warmup_steps,
         "weight_decay": args.weight_decay,
         "max_grad_norm": args.max_grad_norm,
+        "label_smoothing_factor": args.label_smoothing_factor,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
     }
 
 
@@ -794,6 +796,16 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
     marks, ssnr_marks = _sparse_marks(tests["f1_macro"]), _sparse_marks(tests["ssnr"])
     budget, settings = report["budget"], report["training_settings"]
     quick = report["mode"] == "quick"
+    # Stated since 2026-12-06; the JSON of earlier reports lacks them.
+    smoothing = settings.get("label_smoothing_factor")
+    recipe_extras = "".join(
+        f", {text}"
+        for text in (
+            None if smoothing is None else f"label smoothing {smoothing:g}",
+            settings.get("precision"),
+        )
+        if text
+    )
     md = [
         f"# Quality benchmark: {suite.title}" + (" (--quick run)" if quick else ""),
         "",
@@ -830,7 +842,7 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
             else f"{settings['max_train_seconds']:g} s crops"
         )
         + f" ({settings['lr_scheduler_type']}, warm-up {settings['warmup_steps']:g}, weight decay "
-        f"{settings['weight_decay']:g}), training SNR uniform in "
+        f"{settings['weight_decay']:g}{recipe_extras}), training SNR uniform in "
         f"[{settings['snr_range'][0]:g}, {settings['snr_range'][1]:g}] dB with "
         f"{100 * settings['clean_prob']:g} % clean examples, final weights (no selection on "
         f"validation). {suite.description}",

@@ -225,3 +225,13 @@ def test_release_suite_changes_one_block_per_ablation(tmp_path):
     assert changed("release-weighted-sum") == {"integration"}
     for system, reference in suite.pairs:
         assert system in suite.systems and reference in suite.systems
+
+
+def test_training_settings_state_the_default_recipes_smoothing_and_precision():
+    """The report says what the systems trained with, train.py's defaults resolved here."""
+    from merit.training import native_bf16
+
+    settings = quality.training_settings(quality.BUDGETS["quick"])
+    assert settings["label_smoothing_factor"] == 0.1
+    assert settings["precision"] == ("bf16" if native_bf16() else "fp32")
+    assert settings["backbone"] == "whisper-tiny.en"
