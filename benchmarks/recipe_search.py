@@ -372,7 +372,7 @@ LONGER: dict[str, tuple[int, tuple[str, ...]]] = {
     # utterance-level cues whole. Seeds 1 and 2 only if seed 42 passes the default's seed 42
     # (0.767) clearly. Measured (seed 42): 0.762 (noisy / habit-swept / new-voice 0.797 /
     # 0.763 / 0.725), val SSNR 4.04 dB, 2293 s of training on a machine that ran the
-    # default's seed-42 command in 1311 s the day before: new-voice F1 rose 4.6 points over
+    # default's seed-42 command in 1311 s in an earlier session: new-voice F1 rose 4.6 points over
     # the default's seed 42 (0.679), noisy and habit-swept F1 fell 2.6 and 3.6. Seeds 1 and 2
     # were not run: to pass the margin they would have to average 0.801, above every seed of
     # the default (0.759-0.777). Then the mel bands alone (`-bands`, no time spans): the
