@@ -135,6 +135,10 @@ class ConvSpeechBackbone(SpeechBackbone):
     model_types = ("wavlm", "wav2vec2", "hubert")
 
     def build(self) -> nn.Module:
+        # WavLMModel reads ``mask_feature_min_masks`` once ``mask_feature_prob > 0``, but
+        # WavLMConfig does not define it (wav2vec 2.0's config does, with 0): give it that.
+        if not hasattr(self.config, "mask_feature_min_masks"):
+            self.config.mask_feature_min_masks = 0
         module = AutoModel.from_config(self.config)
         if self.config.model_type == "wavlm":
             self._enable_lora_on_wavlm(module)

@@ -1011,6 +1011,10 @@ def test_spec_augment_flags_set_the_backbone_config(tmp_path):
             f"{config.mask_time_length}, channels 0.1 in spans of {config.mask_feature_length}"
         )
         assert training.spec_augment_text(plain) == "none"
+        # Both families train with it (WavLMConfig lacks mask_feature_min_masks, which
+        # WavLMModel reads once mask_feature_prob > 0).
+        x = torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)) * 0.1
+        model.train()(x, labels=torch.tensor([0, 1]), clean_values=x).loss.backward()
     model_args, _, _ = parse_args(["--mask_feature_prob", "0.1"])
     assert (model_args.mask_time_prob, model_args.mask_feature_prob) == (None, 0.1)
     with pytest.raises(ValueError, match=r"--mask_time_prob must be in \[0, 1\)"):
