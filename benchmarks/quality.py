@@ -438,6 +438,7 @@ def training_settings(budget: Budget) -> dict[str, Any]:
     """The ``train.py`` settings behind the budget, as its own parser resolves them (its
     defaults included), so the report states what was run."""
     from merit.training import parse_args as parse_train_args
+    from merit.training import precision_name
     from modeling_merit import MeritConfig
 
     model_args, data_args, args = parse_train_args(
@@ -460,7 +461,7 @@ def training_settings(budget: Budget) -> dict[str, Any]:
         "weight_decay": args.weight_decay,
         "max_grad_norm": args.max_grad_norm,
         "label_smoothing_factor": args.label_smoothing_factor,
-        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "precision": precision_name(args),
     }
 
 

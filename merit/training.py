@@ -1320,7 +1320,6 @@ def training_details(
     schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
     frozen = getattr(args, "backbone_frozen_steps", 0) or 0
     factor = getattr(args, "backbone_learning_rate_factor", 1.0)
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     details = {
         "Method": results.get("method", "merit"),
         "Optimizer steps": f"{results['global_step']} (seed {args.seed})",
@@ -1335,7 +1334,7 @@ def training_details(
         if frozen
         else f"one stage, backbone at {factor:g} x the learning rate",
         "Kept model": kept_text,
-        "Precision": precision,
+        "Precision": precision_name(args),
         "Training audio": training_audio_text(data_args),
         "Training noise": f"{', '.join(seen.noise_types)} at {mixing_text(data_args)}",
         "Test noise": "seen: the training types; unseen: "
@@ -1363,6 +1362,11 @@ def spec_augment_text(backbone_config: Any) -> str:
     if not getattr(backbone_config, "apply_spec_augment", False) or not spans:
         return "none"
     return "backbone input masked in training: " + ", ".join(spans)
+
+
+def precision_name(args: TrainingArguments) -> str:
+    """The precision a run trains in, as the card and the benchmarks name it."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
 def merit_loss_text(config: Any) -> str:
